@@ -1,0 +1,324 @@
+"""The handler chain: XML names -> entry points -> ordered, validated, callable lists.
+
+pluggy is used for what it is good at: validating each handler's hook methods against
+:mod:`chainmail.hookspecs` and listing them.  The per-command path does not go through
+pluggy's ``hook(...)`` call (synchronous, last-registered-first, ~5 us for ten plugins):
+each hook is compiled once into a plain list of prepared callers in chain order, and the
+runner awaits async ones itself (``docs/architecture.md`` gives the measurements).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Callable, Iterable, Mapping
+
+import pluggy
+import trio
+
+from .config.errors import ConfigError
+from .hookspecs import COLLECTING_HOOKS, VERDICT_HOOKS, HandlerSpec
+from .protocol.replies import Reply
+from .verdict import HookResult
+
+__all__ = ["ENTRY_POINT_GROUP", "HandlersPackage", "HandlerConfig", "Chain", "ChainEntry",
+           "build_chain", "installed_handlers", "resolve_handler"]
+
+log = logging.getLogger("chainmail.chain")
+
+ENTRY_POINT_GROUP = "chainmail.handlers"
+HOOK_NAMES = tuple(n for n in dir(HandlerSpec) if n.startswith("on_") or n in COLLECTING_HOOKS)
+
+
+class HandlersPackage:
+    """A named set of handler classes, like James's ``CoreCmdHandlerLoader``.
+
+    Named in ``coreHandlersPackage`` it expands to its handlers.  Named in a ``<handler>``
+    element it is inert, exactly as in James, whose sample configurations do that.
+    """
+
+    handlers: tuple[type, ...] = ()
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """What a handler gets in ``configure()``: its own ``<handler>`` element, nothing global."""
+
+    name: str
+    params: Mapping[str, str]
+    element: Any = field(default=None, repr=False)
+    server: Any = field(default=None, repr=False)
+    file: str = ""
+    line: int | None = None
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = self.params.get(key)
+        return default if value is None else value
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line, f"handler {self.name}: {key}", message)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self.params.get(key)
+        if value is None:
+            return default
+        if value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise self.error(key, f"{value!r} is not a boolean; expected true or false")
+
+    def get_int(self, key: str, default: int, minimum: int | None = 0) -> int:
+        value = self.params.get(key)
+        if value is None:
+            return default
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise self.error(key, f"{value!r} is not an integer") from None
+        if minimum is not None and number < minimum:
+            raise self.error(key, f"{number} is below the minimum {minimum}")
+        return number
+
+
+# -- discovery -------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def installed_handlers() -> dict[str, EntryPoint]:
+    """Every ``chainmail.handlers`` entry point by name (scanned once: ~1.4 ms)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def resolve_handler(name: str, file: str = "", line: int | None = None) -> tuple[Any, EntryPoint]:
+    """Find ``name``: the exact entry-point name, else the unique entry point whose last
+    dotted part equals ``name``'s last dotted part (``com.example.Foo`` finds ``Foo``)."""
+    eps = installed_handlers()
+    ep = eps.get(name)
+    if ep is None:
+        short = name.rsplit(".", 1)[-1]
+        matches = {e.value: e for n, e in eps.items() if n.rsplit(".", 1)[-1] == short}
+        if len(matches) > 1:
+            raise ConfigError(file, line, "handler", f"{name!r} is ambiguous: it may mean any of "
+                              + ", ".join(sorted(e.name for e in matches.values()))
+                              + "; write the full name")
+        ep = next(iter(matches.values()), None)
+    if ep is None:
+        known = ", ".join(sorted(n for n in eps if "." not in n)) or "(none installed)"
+        raise ConfigError(file, line, "handler",
+                          f"no installed handler provides {name!r}; expected one of the "
+                          f"'{ENTRY_POINT_GROUP}' entry points: {known}")
+    try:
+        return ep.load(), ep
+    except Exception as exc:  # an installed plugin that fails to import
+        raise ConfigError(file, line, "handler",
+                          f"{name!r} ({ep.value}) failed to load: {exc}") from exc
+
+
+# -- calling -------------------------------------------------------------------------------
+SYNC, TRIO, ASYNCIO, THREAD = "sync", "trio", "asyncio", "thread"
+
+
+@dataclass(slots=True)
+class _Impl:
+    """One prepared hook implementation."""
+
+    fn: Callable
+    indexes: tuple[int, ...] | None    # argument pruning; None = pass all
+    kind: str
+    handler: str
+    hook: str
+    owner: Any = None
+
+    def args(self, args: tuple) -> tuple:
+        return args if self.indexes is None else tuple(args[i] for i in self.indexes)
+
+
+@dataclass
+class ChainEntry:
+    name: str           # as resolved (entry point name for package members)
+    handler: Any        # the instance
+    target: str         # module:object
+    package: str | None = None
+
+
+def _spec_args(hook: str) -> tuple[str, ...]:
+    params = list(inspect.signature(getattr(HandlerSpec, hook)).parameters)
+    return tuple(params[1:])  # drop self
+
+
+class _Manager(pluggy.PluginManager):
+    """Takes any method named like a hook as its implementation (explicit @hookimpl too)."""
+
+    def parse_hookimpl_opts(self, plugin, name):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in HOOK_NAMES and callable(getattr(plugin, name, None)):
+            opts = {}
+        return opts
+
+
+class Chain:
+    """One server block's handlers, compiled for calling."""
+
+    def __init__(self, entries: list[ChainEntry], *, timeout: float = 30.0,
+                 limiter: trio.CapacityLimiter | None = None):
+        self.entries = entries
+        self.timeout = timeout
+        self.limiter = limiter
+        self.pm = _Manager("chainmail")
+        self.pm.add_hookspecs(HandlerSpec)
+        for entry in reversed(entries):
+            self.pm.register(entry.handler, name=f"{entry.name}#{id(entry.handler):x}")
+        self.pm.check_pending()
+        self.hooks: dict[str, list[_Impl]] = {name: [] for name in HOOK_NAMES}
+        self.commands: dict[str, list[_Impl]] = {}
+        self.fallback: list[_Impl] = []
+        self.mail_parameters: dict[str, list[_Impl]] = {}
+        self.rcpt_parameters: set[str] = set()
+        order = {id(e.handler): i for i, e in enumerate(entries)}
+        for hook in HOOK_NAMES:
+            spec_args = _spec_args(hook)
+            impls = sorted(getattr(self.pm.hook, hook).get_hookimpls(),
+                           key=lambda i: order[id(i.plugin)])
+            for hi in impls:
+                handler = hi.plugin
+                argnames = tuple(hi.argnames)
+                indexes = None if argnames == spec_args else tuple(spec_args.index(a) for a in argnames)
+                impl = _Impl(hi.function, indexes, _kind_of(handler, hi.function),
+                             type(handler).__name__, hook, handler)
+                self.hooks[hook].append(impl)
+                if hook == "on_command":
+                    for verb in getattr(handler, "commands", ()):
+                        if verb == "*":
+                            self.fallback.append(impl)
+                        else:
+                            self.commands.setdefault(verb.upper(), []).append(impl)
+                elif hook == "on_mail_parameter":
+                    for pname in getattr(handler, "mail_parameters", ()):
+                        self.mail_parameters.setdefault(pname.upper(), []).append(impl)
+            for handler in (e.handler for e in entries):
+                self.rcpt_parameters.update(p.upper() for p in getattr(handler, "rcpt_parameters", ()))
+        self._result_hooks = self.hooks["on_hook_result"]
+        self.needs_asyncio = any(i.kind == ASYNCIO for impls in self.hooks.values() for i in impls)
+
+    # -- running --------------------------------------------------------------------------
+    async def call(self, impl: _Impl, args: tuple):
+        kind = impl.kind
+        a = args if impl.indexes is None else impl.args(args)
+        if kind is SYNC:
+            return impl.fn(*a)
+        if kind is TRIO:
+            with trio.fail_after(self.timeout):
+                return await impl.fn(*a)
+        if kind is THREAD:
+            return await trio.to_thread.run_sync(partial(impl.fn, *a), limiter=self.limiter)
+        import trio_asyncio
+        with trio.fail_after(self.timeout):
+            return await trio_asyncio.aio_as_trio(impl.fn)(*a)
+
+    async def verdict(self, hook: str, *args, impls: list[_Impl] | None = None) -> HookResult | None:
+        """Ask handlers in chain order; return the first decided verdict (after
+        ``on_hook_result`` post-processing) or None if all declined."""
+        for impl in self.hooks[hook] if impls is None else impls:
+            start = time.perf_counter()
+            result = impl.fn(*impl.args(args)) if impl.kind is SYNC else await self.call(impl, args)
+            if result is None or not result.decided:
+                continue
+            if self._result_hooks:
+                result = await self._post_process(args[0], hook, result, time.perf_counter() - start)
+            return result
+        return None
+
+    async def _post_process(self, session, hook: str, result: HookResult, elapsed: float):
+        for impl in self._result_hooks:
+            replaced = await self.call(impl, (session, hook, result, elapsed))
+            if replaced is not None:
+                result = replaced
+        return result
+
+    async def collect(self, hook: str, *args) -> list:
+        out = []
+        for impl in self.hooks[hook]:
+            value = await self.call(impl, args)
+            if value is not None:
+                out.append(value)
+        return out
+
+    async def dispatch(self, session, command) -> Reply | None:
+        """Run the command handlers of ``command.verb`` in chain order until one answers;
+        commands nobody implements go to the ``"*"`` handlers."""
+        impls = self.commands.get(command.verb)
+        if impls is None:
+            impls = self.fallback
+        args = (session, command)
+        for impl in impls:
+            reply = impl.fn(session, command) if impl.kind is SYNC else await self.call(impl, args)
+            if reply is not None:
+                return reply
+        return None
+
+    def implements(self, verb: str) -> bool:
+        return verb.upper() in self.commands
+
+    def describe(self) -> list[str]:
+        """The chain in call order, one ``name -> module:object`` per handler."""
+        lines = []
+        for e in self.entries:
+            via = f"  (from {e.package})" if e.package else ""
+            lines.append(f"{e.name} -> {e.target}{via}")
+        return lines
+
+
+def _kind_of(handler: Any, fn: Callable) -> str:
+    declared = getattr(fn, "runs_on", None) or getattr(handler, "runs_on", None)
+    if declared == ASYNCIO:
+        return ASYNCIO
+    if inspect.iscoroutinefunction(fn):
+        return TRIO
+    if declared == THREAD:
+        return THREAD
+    return SYNC
+
+
+# -- building --------------------------------------------------------------------------------
+def _instantiate(cls: Any, config: HandlerConfig) -> Any:
+    handler = cls() if isinstance(cls, type) else cls
+    configure = getattr(handler, "configure", None)
+    if configure is not None:
+        configure(config)
+    return handler
+
+
+def _target(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def build_chain(chain_config, server: Any = None, *, timeout: float = 30.0,
+                limiter: trio.CapacityLimiter | None = None) -> Chain:
+    """``<handler>`` entries in XML order, then the ``coreHandlersPackage`` handlers."""
+    entries: list[ChainEntry] = []
+    for spec in chain_config.handlers:
+        obj, ep = resolve_handler(spec.name, spec.file, spec.line)
+        if isinstance(obj, type) and issubclass(obj, HandlersPackage):
+            continue  # inert, as in James
+        cfg = HandlerConfig(spec.name, spec.params, spec.element, server, spec.file, spec.line)
+        entries.append(ChainEntry(spec.name, _instantiate(obj, cfg), _target(obj)))
+    package_name = chain_config.core_package
+    if package_name:
+        pkg, _ = resolve_handler(package_name, chain_config.file, chain_config.line)
+        if not (isinstance(pkg, type) and issubclass(pkg, HandlersPackage)):
+            raise ConfigError(chain_config.file, chain_config.line, "handlerchain",
+                              f"coreHandlersPackage {package_name!r} is not a handlers package")
+        for cls in pkg.handlers:
+            cfg = HandlerConfig(cls.__name__, {}, None, server, chain_config.file, chain_config.line)
+            entries.append(ChainEntry(cls.__name__, _instantiate(cls, cfg), _target(cls),
+                                      package=package_name))
+    try:
+        return Chain(entries, timeout=timeout, limiter=limiter)
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(chain_config.file, chain_config.line, "handlerchain",
+                          f"handler {exc.plugin!r} does not match the hook contract: {exc}") from exc
+
+
+def iter_hook_names() -> Iterable[str]:
+    return HOOK_NAMES

@@ -1,0 +1,201 @@
+"""``chainmail`` command line: run | check-config | domain | queue.
+
+Every command takes ``--conf DIR`` (default ``./conf``) and ``--var DIR`` (default ``./var``);
+all state lives under the var directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from .config import load_config
+from .config.errors import ConfigError
+
+log = logging.getLogger("chainmail")
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", default=argparse.SUPPRESS, metavar="DIR",
+                        help="configuration directory (default ./conf)")
+    common.add_argument("--var", default=argparse.SUPPRESS, metavar="DIR",
+                        help="state directory: spool, databases (default ./var)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="chainmail", parents=[common],
+                                     description="chainmail mail server")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run the servers of the configuration")
+    run.add_argument("--grace-period", type=float, default=30.0, metavar="SECONDS",
+                     help="on SIGTERM, how long transactions in flight may take to finish")
+    sub.add_parser("check-config", parents=[common],
+                   help="print each server's effective configuration and handler chain")
+    domain = sub.add_parser("domain", parents=[common], help="manage local domains")
+    dsub = domain.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        p = dsub.add_parser(action, parents=[common])
+        p.add_argument("name")
+    dsub.add_parser("list", parents=[common])
+    queue = sub.add_parser("queue", parents=[common], help="inspect the spool")
+    qsub = queue.add_subparsers(dest="action", required=True)
+    qsub.add_parser("list", parents=[common])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    conf = os.path.abspath(getattr(args, "conf", "conf"))
+    var = os.path.abspath(getattr(args, "var", "var"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "run":
+            return _run(conf, var, args.grace_period)
+        if args.command == "check-config":
+            return _check_config(conf, var)
+        if args.command == "domain":
+            return _domain(conf, var, args)
+        if args.command == "queue":
+            return _queue(var)
+    except ConfigError as err:
+        print(f"chainmail: configuration error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _load(conf: str):
+    config = load_config(conf)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
+def _domains(var: str, config):
+    from .store.domains import DomainStore
+    os.makedirs(var, exist_ok=True)
+    store = DomainStore(os.path.join(var, "chainmail.db"),
+                        default_domain=config.domainlist.default_domain)
+    return store
+
+
+def _spool(var: str, **kwargs):
+    from .store.spool import DirectorySpool
+    return DirectorySpool(os.path.join(var, "spool"), **kwargs)
+
+
+def _contexts(config, domains, spool):
+    from .server.app import make_context
+    return [make_context(s, domains=domains, spool=spool)
+            for s in (*config.smtp_servers, *config.lmtp_servers) if s.enabled]
+
+
+def _run(conf: str, var: str, grace_period: float) -> int:
+    import trio
+
+    from .server.app import run_servers
+    config = _load(conf)
+    domains = _domains(var, config)
+    domains.seed(config.domainlist.domains)
+    spool = _spool(var)
+    removed = spool.recover()
+    if removed:
+        log.info("removed %d incomplete message(s) left in the spool by an interrupted run", removed)
+    contexts = _contexts(config, domains, spool)
+    if not contexts:
+        print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
+        return 2
+    for ctx in contexts:
+        c = ctx.config
+        log.info("%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
+                 "maxExecutorCount %s (one process; worker processes are not used yet)",
+                 c.kind, c.name, ctx.hostname, c.io_worker_count, c.boss_worker_count,
+                 c.max_executor_count)
+    try:
+        trio.run(lambda: run_servers(contexts, grace_period=grace_period, spool=spool))
+    except OSError as exc:
+        print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        domains.close()
+    return 0
+
+
+def _check_config(conf: str, var: str) -> int:
+    from .config import describe_server
+    from .server.context import ServerContext
+    from .chain import build_chain
+    config = _load(conf)
+    print(f"# configuration directory {conf}")
+    dl = config.domainlist
+    print(f"domainlist: domains={', '.join(dl.domains) or '(none)'} defaultDomain={dl.default_domain} "
+          f"autodetect={str(dl.autodetect).lower()} autodetectIP={str(dl.autodetect_ip).lower()}")
+    for server in (*config.smtp_servers, *config.lmtp_servers):
+        print()
+        print(f"[{server.kind}server {server.name}] ({server.file}:{server.line})")
+        for key, value in describe_server(server):
+            print(f"  {key} = {value}")
+        if not server.enabled:
+            continue
+        ctx = ServerContext(server, domains=None, spool=None)
+        chain = build_chain(server.handlerchain, ctx, timeout=server.handler_timeout)
+        print("  handler chain, in call order:")
+        for i, line in enumerate(chain.describe(), 1):
+            print(f"    {i:2d}. {line}")
+    for warning in config.warnings:
+        print(str(warning))
+    return 0
+
+
+def _domain(conf: str, var: str, args) -> int:
+    config = _load(conf)
+    store = _domains(var, config)
+    try:
+        if args.action == "list":
+            for name in store.list():
+                print(name)
+            return 0
+        try:
+            changed = store.add(args.name) if args.action == "add" else store.remove(args.name)
+        except ValueError as exc:
+            print(f"chainmail: {exc}", file=sys.stderr)
+            return 2
+        if not changed:
+            state = "already present" if args.action == "add" else "not present"
+            print(f"chainmail: domain {args.name} {state}", file=sys.stderr)
+            return 1
+        print(f"{'added' if args.action == 'add' else 'removed'} {args.name.lower()}")
+        return 0
+    finally:
+        store.close()
+
+
+def _queue(var: str) -> int:
+    spool = _spool(var)
+    now = time.time()
+    messages = spool.list()
+    print(f"{'ID':<32} {'AGE':>8} {'SIZE':>10}  SENDER -> RECIPIENTS")
+    for m in messages:
+        env = m.envelope
+        print(f"{m.id:<32} {_age(now - m.queued_at):>8} {m.size:>10}  <{env.sender}> -> "
+              + ", ".join(f"<{r}>" for r in env.recipients))
+    print(f"{len(messages)} message(s) queued")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"

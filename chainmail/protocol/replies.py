@@ -1,0 +1,169 @@
+"""SMTP replies: one value type and the one table of codes, enhanced codes and texts.
+
+Texts follow Apache James (the reference implementation this server models) unless
+``docs/protocol.md`` gives a reason to differ.  Every reply the core sends is built here,
+so a reader can audit the whole wire vocabulary in one screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+__all__ = ["Reply", "R"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete SMTP reply: ``code``, optional RFC 3463 ``enhanced`` status, one or more lines.
+
+    ``close`` asks the server to close the connection once the reply is sent.
+    """
+
+    code: int
+    lines: tuple[str, ...]
+    enhanced: str | None = None
+    close: bool = False
+
+    @classmethod
+    def of(cls, code: int, text: str | Sequence[str], enhanced: str | None = None,
+           close: bool = False) -> "Reply":
+        lines = (text,) if isinstance(text, str) else tuple(text)
+        return cls(code, lines or ("",), enhanced, close)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    def closing(self) -> "Reply":
+        return Reply(self.code, self.lines, self.enhanced, True)
+
+    def encode(self) -> bytes:
+        """Wire form.  The enhanced code prefixes the first line only (James does the same;
+        RFC 2034 allows it) so multi-line replies such as EHLO stay conventional."""
+        code = str(self.code)
+        lines = self.lines
+        first = f"{self.enhanced} {lines[0]}" if self.enhanced else lines[0]
+        if len(lines) == 1:
+            return f"{code} {first}\r\n".encode("utf-8", "surrogateescape")
+        out = [f"{code}-{first}"]
+        out.extend(f"{code}-{line}" for line in lines[1:-1])
+        out.append(f"{code} {lines[-1]}")
+        return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+
+    def __str__(self) -> str:
+        return self.encode().decode("utf-8", "replace").rstrip("\r\n")
+
+
+class R:
+    """The reply table.  Fixed replies are attributes; replies with variable parts are
+    functions of those parts."""
+
+    # -- connection ------------------------------------------------------------------
+    @staticmethod
+    def greeting(host: str, lmtp: bool = False) -> Reply:
+        kind = "LMTP" if lmtp else "ESMTP"
+        return Reply.of(220, f"{host} {kind} chainmail ready")
+
+    @staticmethod
+    def too_many_connections(host: str) -> Reply:
+        return Reply.of(421, f"{host} Too many connections, try again later", "4.7.0", True)
+
+    @staticmethod
+    def too_many_connections_from_ip(host: str) -> Reply:
+        return Reply.of(421, f"{host} Too many connections from your address, try again later",
+                        "4.7.0", True)
+
+    @staticmethod
+    def idle_timeout(host: str) -> Reply:
+        return Reply.of(421, f"{host} Error: timeout exceeded", "4.4.2", True)
+
+    @staticmethod
+    def shutting_down(host: str) -> Reply:
+        return Reply.of(421, f"{host} Service shutting down, closing transmission channel",
+                        "4.3.2", True)
+
+    @staticmethod
+    def closing(host: str) -> Reply:
+        return Reply.of(221, f"{host} Service closing transmission channel", "2.0.0", True)
+
+    unable_to_process = Reply.of(451, "Unable to process request", "4.3.0")
+    line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
+    bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.5.2", True)
+    bad_encoding = Reply.of(500, "Command contains characters that are not allowed", "5.5.2")
+
+    @staticmethod
+    def unrecognized(verb: str) -> Reply:
+        return Reply.of(500, f"Command {verb} unrecognized.", "5.5.1")
+
+    @staticmethod
+    def unexpected_argument(verb: str) -> Reply:
+        return Reply.of(500, f"Unexpected argument provided with {verb} command", "5.5.4")
+
+    @staticmethod
+    def not_supported(verb: str) -> Reply:
+        return Reply.of(502, f"{verb} is not supported", "5.3.3")
+
+    ok = Reply.of(250, "OK", "2.0.0")
+
+    # -- HELO / EHLO -----------------------------------------------------------------
+    @staticmethod
+    def domain_required(verb: str) -> Reply:
+        return Reply.of(501, f"Domain address required: {verb}", "5.5.4")
+
+    invalid_helo = Reply.of(501, "Invalid domain name or ip supplied as HELO argument", "5.5.2")
+
+    @staticmethod
+    def hello(host: str, arg: str, ip: str) -> str:
+        return f"{host} Hello {arg} [{ip}]"
+
+    # -- MAIL ------------------------------------------------------------------------
+    need_helo = Reply.of(503, "Need HELO or EHLO before MAIL", "5.5.0")
+    sender_already = Reply.of(503, "Sender already specified", "5.5.0")
+    mail_usage = Reply.of(501, "Usage: MAIL FROM:<sender>", "5.5.4")
+    mail_syntax = Reply.of(501, "Syntax error in MAIL command", "5.1.7")
+    bad_sender = Reply.of(501, "Syntax error in sender address", "5.1.7")
+    bad_parameters = Reply.of(501, "Syntax error in parameters or arguments", "5.5.4")
+
+    @staticmethod
+    def sender_ok(sender: str) -> Reply:
+        return Reply.of(250, f"Sender <{sender}> OK", "2.1.0")
+
+    # -- RCPT ------------------------------------------------------------------------
+    need_mail = Reply.of(503, "Need MAIL before RCPT", "5.5.0")
+    rcpt_usage = Reply.of(501, "Usage: RCPT TO:<recipient>", "5.5.2")
+    rcpt_syntax = Reply.of(501, "Syntax error in parameters or arguments", "5.5.2")
+    bad_recipient = Reply.of(553, "Syntax error in recipient address", "5.1.3")
+    relay_denied = Reply.of(550, "Requested action not taken: relaying denied", "5.7.1")
+    auth_required = Reply.of(530, "Authentication Required", "5.7.1")
+    too_many_recipients = Reply.of(452, "Too many recipients", "4.5.3")
+
+    @staticmethod
+    def recipient_ok(rcpt: str) -> Reply:
+        return Reply.of(250, f"Recipient <{rcpt}> OK", "2.1.5")
+
+    @staticmethod
+    def unsupported_option(name: str) -> Reply:
+        return Reply.of(504, f"Unrecognized or unsupported option: {name}", "5.5.4")
+
+    # -- SIZE (RFC 1870) ---------------------------------------------------------------
+    bad_size = Reply.of(501, "Syntactically incorrect value for SIZE parameter", "5.5.4")
+    size_exceeded = Reply.of(552, "Message size exceeds fixed maximum message size", "5.3.4")
+
+    # -- DATA ------------------------------------------------------------------------
+    no_sender = Reply.of(503, "No sender specified", "5.5.0")
+    no_recipients = Reply.of(503, "No recipients specified", "5.5.0")
+    start_data = Reply.of(354, "Ok Send data ending with <CRLF>.<CRLF>")
+    message_received = Reply.of(250, "Message received", "2.6.0")
+    spool_error = Reply.of(451, "Error processing message.", "4.0.0")
+    data_line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
+    data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)
+
+    # -- hook verdict defaults (James's HookResult mapping) -----------------------------
+    hook_deny = Reply.of(554, "Email rejected")
+    hook_denysoft = Reply.of(451, "Temporary problem. Please try again later")
+    hook_disconnect = Reply.of(554, "Server disconnected", close=True)

@@ -1,0 +1,1 @@
+"""trio server core: listeners, connection limits, timeouts, graceful drain."""

@@ -1,0 +1,110 @@
+"""Running every enabled server block: listeners, signals, graceful drain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from contextlib import AsyncExitStack
+from functools import partial
+
+import trio
+
+from ..chain import build_chain
+from .connection import serve_connection
+from .context import ServerContext
+
+__all__ = ["run_servers", "open_listeners", "DEFAULT_GRACE_PERIOD"]
+
+log = logging.getLogger("chainmail.server")
+
+DEFAULT_GRACE_PERIOD = 30.0
+
+
+async def open_listeners(ctx: ServerContext) -> list[trio.SocketListener]:
+    """Bind every ``<bind>`` address of the block; port 0 picks a free port (logged)."""
+    cfg = ctx.config
+    listeners: list[trio.SocketListener] = []
+    for bind in cfg.bind:
+        host = bind.host
+        if host in ("", "*"):
+            host = None
+        try:
+            opened = await trio.open_tcp_listeners(bind.port, host=host,
+                                                   backlog=cfg.connection_backlog)
+        except OSError as exc:
+            for listener in listeners:
+                await listener.aclose()
+            raise OSError(exc.errno, f"{cfg.file}:{cfg.line}: {cfg.kind}server {cfg.name!r}: "
+                                     f"cannot bind {bind.host}:{bind.port}: {exc.strerror}") from exc
+        for listener in opened:
+            addr = listener.socket.getsockname()
+            ctx.bound.append((addr[0], addr[1]))
+            log.info("%sserver %r listening on %s", cfg.kind, cfg.name,
+                     f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
+        listeners.extend(opened)
+    return listeners
+
+
+def make_context(server_config, *, domains, spool) -> ServerContext:
+    ctx = ServerContext(server_config, domains=domains, spool=spool)
+    ctx.chain = build_chain(server_config.handlerchain, ctx, timeout=server_config.handler_timeout,
+                            limiter=ctx.limiter)
+    return ctx
+
+
+async def run_servers(contexts: list[ServerContext], *, grace_period: float = DEFAULT_GRACE_PERIOD,
+                      task_status=trio.TASK_STATUS_IGNORED, stop_event: trio.Event | None = None,
+                      spool=None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop_event``): then stop accepting, end idle sessions
+    with 421, let transactions in flight finish within ``grace_period``, and return."""
+    stop_event = stop_event or trio.Event()
+    async with AsyncExitStack() as stack:
+        if any(ctx.chain.needs_asyncio for ctx in contexts):
+            import trio_asyncio  # one asyncio loop bridge for the whole process, opened once
+            await stack.enter_async_context(trio_asyncio.open_loop())
+        async with trio.open_nursery() as outer:
+            if spool is not None and hasattr(spool, "run"):
+                await outer.start(spool.run)
+            async with trio.open_nursery() as connections:
+                accept_scope = trio.CancelScope()
+                all_listeners = []
+                for ctx in contexts:
+                    all_listeners.append((ctx, await open_listeners(ctx)))
+                outer.start_soon(_watch_signals, stop_event)
+
+                async def accept_all():
+                    with accept_scope:
+                        async with trio.open_nursery() as acceptors:
+                            for ctx, listeners in all_listeners:
+                                acceptors.start_soon(partial(
+                                    trio.serve_listeners, partial(serve_connection, ctx),
+                                    listeners, handler_nursery=connections))
+                connections.start_soon(accept_all)
+                log.info("chainmail ready (pid %d)", os.getpid())
+                task_status.started([ctx.bound for ctx in contexts])
+                await stop_event.wait()
+                log.info("shutting down: no new connections; %d sessions open",
+                         sum(ctx.active for ctx in contexts))
+                accept_scope.cancel()
+                for ctx in contexts:
+                    ctx.draining = True
+                    for runner in list(ctx.sessions):
+                        runner.request_shutdown()
+                with trio.move_on_after(grace_period) as grace:
+                    while any(ctx.active for ctx in contexts):
+                        await trio.sleep(0.05)
+                if grace.cancelled_caught:
+                    log.warning("grace period over: closing %d sessions",
+                                sum(ctx.active for ctx in contexts))
+                    connections.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _watch_signals(stop_event: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop_event.set()
+            return

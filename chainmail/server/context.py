@@ -1,0 +1,35 @@
+"""Everything one ``<smtpserver>``/``<lmtpserver>`` block shares across its connections."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import trio
+
+__all__ = ["ServerContext"]
+
+
+class ServerContext:
+    """Configuration, stores, the compiled handler chain and the connection counters.
+
+    Counters are plain integers: all connections of a server run on one trio loop, so the
+    global and per-IP limits are exact without locks.
+    """
+
+    def __init__(self, config: Any, *, domains: Any, spool: Any, hostname: str | None = None):
+        self.config = config
+        self.hostname = hostname or config.hello_name
+        self.domains = domains
+        self.spool = spool
+        self.limiter = trio.CapacityLimiter(max(1, config.max_executor_count))
+        self.chain: Any = None
+        self.active = 0
+        self.per_ip: Counter[str] = Counter()
+        self.sessions: set[Any] = set()
+        self.draining = False
+        self.bound: list[tuple[str, int]] = []
+
+    @property
+    def lmtp(self) -> bool:
+        return self.config.kind == "lmtp"

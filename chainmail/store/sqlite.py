@@ -1,0 +1,93 @@
+"""The shared SQLite database of the embedded stores (``<var>/chainmail.db``).
+
+Every store (domains, users, aliases, ...) opens its own connection with
+:func:`connect` and brings its tables up to date with :func:`migrate`, which
+keeps one row per store in ``schema_version``::
+
+    CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)
+
+A store's migrations are a list whose item *n* (0-based) takes the store from
+version *n* to *n + 1*; each item is a sequence of SQL statements.  Migrations
+run in one ``BEGIN IMMEDIATE`` transaction, so two processes starting at once
+apply them exactly once.  Append to a store's list; never edit a released step.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Sequence
+
+__all__ = ["DB_FILENAME", "connect", "migrate", "schema_version"]
+
+DB_FILENAME = "chainmail.db"
+
+Migration = Sequence[str]
+
+
+def connect(db_path: str | os.PathLike[str], *, timeout: float = 5.0) -> sqlite3.Connection:
+    """Open ``db_path`` (creating its directory) in WAL mode, autocommit.
+
+    ``synchronous=FULL``: a committed administrative change survives a power
+    loss.  Writers wait up to ``timeout`` seconds for another process's lock.
+    The connection may be used from several threads; callers serialise use.
+    """
+    path = os.fspath(db_path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal" and path != ":memory:":
+            raise sqlite3.OperationalError(f"{path}: cannot switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection, component: str) -> int:
+    """The schema version of ``component`` (0 if it has no tables yet)."""
+    try:
+        row = conn.execute(
+            "SELECT version FROM schema_version WHERE component = ?", (component,)
+        ).fetchone()
+    except sqlite3.OperationalError:  # no schema_version table yet
+        return 0
+    return row[0] if row else 0
+
+
+def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[Migration]) -> int:
+    """Apply the migrations of ``component`` that are not applied yet; return its version.
+
+    A database newer than this code (a version above ``len(migrations)``) is
+    refused rather than silently used.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        current = schema_version(conn, component)
+        if current > len(migrations):
+            raise RuntimeError(
+                f"database schema of {component!r} is version {current}, newer than this "
+                f"chainmail knows ({len(migrations)}); upgrade chainmail"
+            )
+        for statements in migrations[current:]:
+            for statement in statements:
+                conn.execute(statement)
+        if current < len(migrations):
+            conn.execute(
+                "INSERT INTO schema_version (component, version) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, len(migrations)),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(migrations)

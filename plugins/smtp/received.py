@@ -1,0 +1,46 @@
+"""The ``Received:`` trace header (RFC 5321 §4.4), naming the client by IP address.
+
+No reverse-DNS lookup is made: the header carries the HELO name and the IP, which is what a
+reader can trust, and a lookup per connection is a cost and a dependency on outside DNS.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+_INDENT = "          "
+
+
+def _protocol(session) -> str:
+    if session.lmtp:
+        proto = "LMTP"
+    else:
+        proto = "ESMTP" if session.esmtp else "SMTP"
+    if proto != "SMTP":
+        if session.tls is not None:
+            proto += "S"
+        if session.auth_user:
+            proto += "A"
+    return proto
+
+
+class ReceivedHeaderHandler:
+    """James's ``ReceivedDataLineFilter``."""
+
+    def prepend_headers(self, session):
+        ip = session.remote_ip
+        literal = f"IPv6:{ip}" if ":" in ip else ip
+        lines = [f"Received: from {session.helo_name or ip} ({session.helo_mode or 'HELO'} "
+                 f"{session.helo_name or ''}) ([{literal}])"]
+        if session.tls is not None:
+            lines.append(f"{_INDENT}(using {session.tls.protocol} with cipher {session.tls.cipher})")
+        by = f"{_INDENT}by {session.hostname} (chainmail) with {_protocol(session)} ID {session.id}"
+        recipients = session.transaction.recipients
+        if len(recipients) == 1:
+            lines.append(by)
+            lines.append(f"{_INDENT}for <{recipients[0]}>;")
+        else:
+            lines.append(by + ";")
+        lines.append(_INDENT + format_datetime(datetime.now(timezone.utc).astimezone()))
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

@@ -1,0 +1,24 @@
+"""The hand-off to the durable spool: the last ``on_message`` hook of the core chain."""
+
+from __future__ import annotations
+
+import logging
+
+from chainmail.protocol.replies import R
+from chainmail.verdict import HookResult
+
+log = logging.getLogger("chainmail.spool")
+
+
+class SendMailHandler:
+    """``250 2.6.0 Message received`` only once envelope and body are fsynced in the queue."""
+
+    async def on_message(self, session, message):
+        try:
+            queue_id = await message.commit()
+        except OSError as exc:
+            log.error("%s: spooling failed: %s", session, exc)
+            return HookResult.reply(R.spool_error)
+        log.info("%s: queued %s from <%s> to %d recipient(s), %d bytes", session, queue_id,
+                 message.transaction.sender_text, len(message.recipients), message.size)
+        return HookResult.reply(R.message_received)
