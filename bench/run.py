@@ -73,14 +73,14 @@ class Cell:
 
 
 CELLS = [
-    Cell("s1", ("-s", "1", "-l", "1024"), 1500, 200, "one connection per message, 1 session"),
-    Cell("s10", ("-s", "10", "-l", "1024"), 2000, 300, "one connection per message, 10 sessions"),
+    Cell("s1", ("-s", "1", "-l", "1024"), 1000, 200, "one connection per message, 1 session"),
+    Cell("s10", ("-s", "10", "-l", "1024"), 1500, 300, "one connection per message, 10 sessions"),
     Cell("s50", ("-s", "50", "-l", "1024"), 2000, 300, "one connection per message, 50 sessions"),
     Cell("s10-100k", ("-s", "10", "-l", "102400"), 800, 120, "100 KiB bodies, 10 sessions"),
     Cell("s50-100k", ("-s", "50", "-l", "102400"), 800, 120, "100 KiB bodies, 50 sessions"),
-    Cell("s10-d", ("-s", "10", "-l", "1024", "-d"), 4000, 600,
+    Cell("s10-d", ("-s", "10", "-l", "1024", "-d"), 3000, 600,
          "many messages per connection (-d), 10 sessions"),
-    Cell("s10-r50", ("-s", "10", "-l", "1024", "-r", "50"), 400, 60,
+    Cell("s10-r50", ("-s", "10", "-l", "1024", "-r", "50"), 300, 60,
          "50 RCPT per message, 10 sessions"),
     Cell("50mb", ("-s", "1", "-l", "52428800"), 1, 1,
          "one 50 MB message: peak RSS only", rss_only=True),
@@ -660,8 +660,9 @@ def report(cells, cell_results, peer_names, args, meta, skipped_peers) -> tuple[
         f"smtp-source (Postfix {meta['postfix']}), {meta['cpus']} CPUs, Linux {meta['kernel']}, "
         f"Python {meta['python']}, aiosmtpd {meta['aiosmtpd']}; "
         f"{'private network namespace (unshare -n)' if meta['netns'] else 'host network namespace'}; "
-        f"median of {args.runs} interleaved runs{' (--quick)' if args.quick else ''}. "
-        "Compare only within this run, as ratios."
+        f"median of {args.runs} interleaved runs{' (--quick)' if args.quick else ''}; "
+        f"load average {meta['loadavg_start'][0]} at start, {meta['loadavg_end'][0]} at end; "
+        f"{meta['elapsed_s']:.0f} s. Compare only within this run, as ratios."
     )
     out.append("")
     if skipped_peers:
@@ -874,6 +875,10 @@ def main() -> int:
         "smtp_source": args.smtp_source,
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
+    if float(meta["loadavg_start"][0]) > 1.0:
+        print(f"warning: load average {' '.join(meta['loadavg_start'])} before the run; other work "
+              "on this machine will skew the numbers (the interleaving spreads it over the peers)",
+              flush=True)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -902,6 +907,7 @@ def main() -> int:
     if "chainmail" in [p.name for p in peers] and not any(cm_res):
         skipped.setdefault("chainmail", "did not start (see the messages above)")
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    meta["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     md, data = report(cells, cell_results, order, args, meta, skipped)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(md)

@@ -163,3 +163,22 @@ def test_contains_is_cached_and_fast():
 
 def test_in_operator():
     assert "127.0.0.1" in NetworkSet("127.0.0.0/8")
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+import ipaddress  # noqa: E402
+
+_v4 = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(nets=st.lists(st.tuples(_v4, st.integers(min_value=0, max_value=32)), min_size=1, max_size=6), probes=st.lists(_v4, min_size=1, max_size=10))
+def test_contains_agrees_with_ipaddress(nets, probes):
+    networks = [ipaddress.IPv4Network((addr, prefix), strict=False) for addr, prefix in nets]
+    n = NetworkSet(", ".join(str(x) for x in networks))
+    assert n.warnings == []
+    for p in probes:
+        a = ipaddress.IPv4Address(p)
+        expected = any(a in x for x in networks)
+        assert n.contains(str(a)) is expected
+        assert n.contains(f"::ffff:{a}") is expected
