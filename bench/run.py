@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -271,13 +272,14 @@ class Peer:
 class ChainmailPeer(Peer):
     name = "chainmail"
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, command: str) -> None:
         super().__init__()
-        self.binary = binary
+        self.argv = shlex.split(command)  # an executable, or e.g. "<venv>/bin/python -m chainmail"
 
     def available(self) -> str | None:
-        if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
-            return f"{self.binary} not found (install chainmail into the venv: pip install -e .)"
+        exe = self.argv[0] if self.argv else ""
+        if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+            return f"{exe or '(empty)'} not found (install chainmail into the venv: pip install -e .)"
         return None
 
     @property
@@ -310,7 +312,7 @@ class ChainmailPeer(Peer):
         )
 
     def command(self) -> list[str]:
-        return [str(self.binary), "run", "--conf", str(self.dir / "conf"), "--var", str(self.var)]
+        return [*self.argv, "run", "--conf", str(self.dir / "conf"), "--var", str(self.var)]
 
     def _spooled(self) -> list[Path]:
         # Every regular file under <var>/spool except in-flight ones (any "tmp" directory) and
@@ -805,9 +807,9 @@ def main() -> int:
     ap.add_argument("--peers", nargs="+", choices=peer_choices, metavar="PEER",
                     default=peer_choices, help="peers to run (default: all)")
     ap.add_argument("--messages", type=int, help="override -m for every cell except 50mb")
-    ap.add_argument("--chainmail", type=Path,
-                    default=Path(sys.executable).parent / "chainmail",
-                    help="chainmail executable (default: next to this Python)")
+    ap.add_argument("--chainmail", default=str(Path(sys.executable).parent / "chainmail"),
+                    help="chainmail command (default: the chainmail script next to this Python; "
+                         "e.g. \"$PWD/.venv/bin/python -m chainmail\" also works)")
     ap.add_argument("--smtp-source", default=find_tool("smtp-source"))
     ap.add_argument("--smtp-sink", default=find_tool("smtp-sink"))
     ap.add_argument("--sink-count", action="store_true",

@@ -10,6 +10,7 @@ runner awaits async ones itself (``docs/architecture.md`` gives the measurements
 from __future__ import annotations
 
 import inspect
+import math
 import logging
 import time
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ class Chain:
     def __init__(self, entries: list[ChainEntry], *, timeout: float = 30.0,
                  limiter: trio.CapacityLimiter | None = None):
         self.entries = entries
-        self.timeout = timeout
+        self.timeout = timeout if timeout and timeout > 0 else math.inf  # 0 = no budget
         self.limiter = limiter
         self.pm = _Manager("chainmail")
         self.pm.add_hookspecs(HandlerSpec)

@@ -35,17 +35,16 @@ def smtpserver_xml(body: str = "", *, bind: str = "127.0.0.1:0", hello: str = "m
                    core: str = "org.apache.james.smtpserver.NoAuthCmdHandlerLoader",
                    handlers: str = "", authorized: str = "127.0.0.0/8") -> str:
     """One ``<smtpserver>`` block with test defaults; ``body`` adds or overrides options."""
-    auth = f"<authorizedAddresses>{authorized}</authorizedAddresses>" if authorized else ""
-    return textwrap.dedent(f"""\
-        <smtpserver enabled="true">
-          <jmxName>test{abs(hash(body + bind)) % 100000}</jmxName>
-          <bind>{bind}</bind>
-          <helloName autodetect="false">{hello}</helloName>
-          <connectiontimeout>30</connectiontimeout>
-          {auth}
-          {body}
-          <handlerchain coreHandlersPackage="{core}">{handlers}</handlerchain>
-        </smtpserver>""")
+    defaults = {
+        "jmxName": f"<jmxName>test{abs(hash(body + bind)) % 100000}</jmxName>",
+        "bind": f"<bind>{bind}</bind>",
+        "helloName": f'<helloName autodetect="false">{hello}</helloName>',
+        "connectiontimeout": "<connectiontimeout>30</connectiontimeout>",
+        "authorizedAddresses": f"<authorizedAddresses>{authorized}</authorizedAddresses>" if authorized else "",
+    }
+    options = "\n  ".join(v for k, v in defaults.items() if f"<{k}" not in body)
+    return (f'<smtpserver enabled="true">\n  {options}\n  {body}\n'
+            f'  <handlerchain coreHandlersPackage="{core}">{handlers}</handlerchain>\n</smtpserver>')
 
 
 class ChainmailProcess:
