@@ -81,6 +81,7 @@ class ChainmailProcess:
         return self.log_path.read_text(errors="replace")
 
     def smtp(self, port: int | None = None, **kwargs) -> smtplib.SMTP:
+        kwargs.setdefault("local_hostname", "client.test")  # never let smtplib ask DNS
         return smtplib.SMTP(self.host, port or self.port, timeout=10, **kwargs)
 
     def queued(self) -> list:

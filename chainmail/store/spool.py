@@ -507,8 +507,9 @@ class DirectorySpool:
             current = self._round
             if current is not None:
                 await current.done.wait()
-                if current.error is not None and current.covers >= seq:
-                    raise current.error
+                err = current.error
+                if err is not None and current.covers >= seq:
+                    raise OSError(err.errno, err.strerror, self.queue_dir) from err
                 continue
             current = self._round = _SyncRound(self._renamed)
             try:
