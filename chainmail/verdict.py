@@ -49,7 +49,8 @@ class HookResult:
     def reply(cls, reply: Reply) -> "HookResult":
         """A verdict that answers with exactly ``reply``."""
         action = Action.OK if reply.code < 400 else Action.DENYSOFT if reply.code < 500 else Action.DENY
-        return cls(action, reply.close, reply.code, reply.enhanced, "\n".join(reply.lines))
+        # "" (not None) marks "no enhanced code" so to_reply does not inherit one.
+        return cls(action, reply.close, reply.code, reply.enhanced or "", "\n".join(reply.lines))
 
     @property
     def decided(self) -> bool:
@@ -88,11 +89,12 @@ def to_reply(result: HookResult, ok_reply: Reply | None = None) -> Reply | None:
         text = result.text if result.text is not None else (base.text if base else "")
         enhanced = result.enhanced if result.enhanced is not None else (
             base.enhanced if base and base.code == result.code else None)
-        base = Reply.of(result.code, text.split("\n"), enhanced)
+        base = Reply.of(result.code, text.split("\n"), enhanced or None)
     elif result.text is not None and base is not None:
-        base = Reply.of(base.code, result.text.split("\n"), result.enhanced or base.enhanced)
+        enhanced = base.enhanced if result.enhanced is None else result.enhanced or None
+        base = Reply.of(base.code, result.text.split("\n"), enhanced)
     elif result.enhanced is not None and base is not None:
-        base = Reply(base.code, base.lines, result.enhanced)
+        base = Reply(base.code, base.lines, result.enhanced or None)
     if base is None:
         return None
     return base.closing() if result.disconnect else base

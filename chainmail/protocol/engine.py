@@ -98,6 +98,7 @@ class Connection:
         self._buf = bytearray()
         self._eof = False
         self._discarding = False   # inside an over-long command line, dropping until LF
+        # (b"\r" when the last dropped byte was CR, so a CRLF split across reads is seen)
         self._data_size = 0
         self._data_long = False
         self._broken = False
@@ -140,24 +141,34 @@ class Connection:
         nl = buf.find(b"\n")
         if self._discarding:
             if nl < 0:
-                buf.clear()
+                if buf:
+                    self._discarding = b"\r" if buf.endswith(b"\r") else True
+                    buf.clear()
                 return CLOSED if self._eof else NEED_DATA
+            ends_in_cr = buf[nl - 1] == 13 if nl > 0 else self._discarding == b"\r"
             del buf[: nl + 1]
             self._discarding = False
+            if not ends_in_cr:
+                self._broken = True
+                buf.clear()
+                return BareLineFeed(in_data=False)
             return self._next_command_event()
         if nl < 0:
             if len(buf) > limit + 1:
+                self._discarding = b"\r" if buf.endswith(b"\r") else True
                 buf.clear()
-                self._discarding = True
                 return LineTooLong()
             return CLOSED if self._eof else NEED_DATA
+        if nl > limit + 1:
+            # Over-long: report it exactly as when the line arrives in pieces (see the
+            # streaming case above), then judge its terminator like any other.
+            self._discarding = b"\r" if buf[nl - 1] == 13 else True
+            del buf[:nl]
+            return LineTooLong()
         if nl == 0 or buf[nl - 1] != 13:
             self._broken = True
             buf.clear()
             return BareLineFeed(in_data=False)
-        if nl - 1 > limit:
-            del buf[: nl + 1]
-            return LineTooLong()
         raw = bytes(buf[: nl - 1])
         del buf[: nl + 1]
         line = raw.decode("utf-8", "surrogateescape").strip(" \t")

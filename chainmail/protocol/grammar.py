@@ -185,13 +185,14 @@ def parse_parameters(text: str, utf8: bool = False) -> dict[str, str | None]:
 
 
 def _parse_path_argument(arg: str | None, keyword: str, brackets_required: bool,
-                         null_allowed: bool) -> PathArgument:
+                         null_allowed: bool, utf8: bool = False) -> PathArgument:
     if not arg or arg[: len(keyword) + 1].upper() != keyword + ":":
         raise GrammarError("usage")
     rest = arg[len(keyword) + 1:].lstrip(" ")
     inner, param_text = _split_path(rest, brackets_required)
-    utf8 = not inner.isascii() or "SMTPUTF8" in param_text.upper()
     params = parse_parameters(param_text, utf8=utf8)
+    # RFC 6531: UTF-8 addresses only in a transaction whose MAIL carried SMTPUTF8.
+    utf8 = utf8 or "SMTPUTF8" in params
     if null_allowed and inner in ("", "@"):
         return PathArgument(None, params)
     if not inner:
@@ -205,9 +206,10 @@ def parse_mail_argument(arg: str | None, brackets_required: bool = True) -> Path
     return _parse_path_argument(arg, "FROM", brackets_required, null_allowed=True)
 
 
-def parse_rcpt_argument(arg: str | None, brackets_required: bool = True) -> PathArgument:
-    """``TO:<forward-path> [params]``."""
-    return _parse_path_argument(arg, "TO", brackets_required, null_allowed=False)
+def parse_rcpt_argument(arg: str | None, brackets_required: bool = True,
+                        utf8: bool = False) -> PathArgument:
+    """``TO:<forward-path> [params]``; ``utf8`` when the transaction's MAIL had SMTPUTF8."""
+    return _parse_path_argument(arg, "TO", brackets_required, null_allowed=False, utf8=utf8)
 
 
 # -- HELO / EHLO arguments (James's accepted forms, §3 of the reference) -----------------
@@ -223,7 +225,10 @@ def is_valid_helo(arg: str, ehlo: bool = False) -> bool:
     if not inner:
         return False
     if ehlo and inner[:5].upper() == "IPV6:":
-        inner = inner[5:]
+        try:
+            return ipaddress.IPv6Address(inner[5:]) is not None
+        except ValueError:
+            return False
     try:
         ipaddress.ip_address(inner)
         return True

@@ -458,9 +458,9 @@ class DirectorySpool:
             await trio.to_thread.run_sync(
                 self._finish_file, msg_id, fd, buf, tail, False, limiter=self._limiter
             )
-            self._renamed += 1
+            seq = self._renamed = self._renamed + 1
             try:
-                await self._sync_queue(self._renamed)
+                await self._sync_queue(seq)
             except OSError:
                 # We are about to refuse the message: do not leave it queued.
                 _unlink_quietly(self._queue_path(msg_id))
@@ -474,9 +474,11 @@ class DirectorySpool:
         """Worker thread: write what is left, fsync, close, rename into queue/
         and, if ``sync_queue``, fsync queue/ too."""
         tmp = self._tmp_path(msg_id)
+        owned = fd is not None  # is tmp ours to delete on failure?
         try:
             if fd is None:
                 fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+                owned = True
             _write_all(fd, (buf, tail) if buf else (tail,))
             _sync_file(fd)
             closing, fd = fd, None
@@ -488,7 +490,8 @@ class DirectorySpool:
                     os.close(fd)
                 except OSError:
                     pass
-            _unlink_quietly(tmp)
+            if owned:
+                _unlink_quietly(tmp)
             raise
         if sync_queue:
             try:

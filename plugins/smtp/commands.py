@@ -132,7 +132,8 @@ class RcptCmdHandler:
         if not tx.has_sender:
             return R.need_mail
         try:
-            parsed = parse_rcpt_argument(command.arg, session.config.address_brackets_enforcement)
+            parsed = parse_rcpt_argument(command.arg, session.config.address_brackets_enforcement,
+                                         utf8="SMTPUTF8" in tx.mail_params)
         except GrammarError as err:
             return {"usage": R.rcpt_usage, "brackets": R.rcpt_syntax,
                     "parameters": R.rcpt_syntax}.get(err.kind, R.bad_recipient)
