@@ -100,6 +100,41 @@ def test_same_framing_whatever_the_chunking_with_over_long_body_lines(raw, data)
     assert body_blind(feed(one_byte_chunks(raw), 16, eof=True)) == whole
 
 
+framing_noise = st.lists(
+    st.sampled_from([b"A", b"L" * 20, b".", b"\r\n", b"\r", b"\n", b"DATA\r\n", b"\r\n.\r\n",
+                     b"NOOP\r\n", b"MAIL FROM:<a@b>\r\n"]),
+    max_size=30,
+).map(b"".join)
+
+
+def delivered(events: list) -> list:
+    """Normalised events where body content counts only once its EndOfData arrives: a body cut
+    short by a bare LF is thrown away with the session, however much of it was handed out."""
+    out, pending = [], b""
+    for event in events:
+        if isinstance(event, BodyChunk):
+            pending += event.data
+            continue
+        if isinstance(event, EndOfData):
+            out.append(BodyChunk(b"" if event.line_too_long else pending))
+        pending = b""
+        out.append(event)
+    return out
+
+
+@PROPS
+@given(raw=framing_noise, limit=st.integers(4, 24), data=st.data())
+@example(raw=b"A" * 30 + b"\nMAIL FROM:<a@b>\r\n", limit=16, data=None)
+@example(raw=b"A" * 17 + b"\r\nNOOP\r\n", limit=16, data=None)
+def test_same_framing_whatever_the_chunking_with_bare_line_feeds(raw, limit, data):
+    """CR, LF and over-long lines in any mix: the framing (commands, LineTooLong, BareLineFeed,
+    EndOfData, CLOSED) does not depend on where the reads were split."""
+    whole = delivered(feed([raw], limit, eof=True))
+    assert delivered(feed(one_byte_chunks(raw), limit, eof=True)) == whole
+    if data is not None:
+        assert delivered(feed(chunkings(data, raw), limit, eof=True)) == whole
+
+
 # -- (b) dot-stuffing round trip -------------------------------------------------------------------
 
 def dot_stuff(body: bytes) -> bytes:
