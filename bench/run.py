@@ -485,6 +485,7 @@ class CellResult:
     hwm_kib: dict[str, int] = field(default_factory=dict)
     rss_start_kib: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)  # output of servers that died
 
 
 def smtp_source_cmd(smtp_source: str, cell: Cell, n: int, port: int) -> list[str]:
@@ -568,10 +569,23 @@ def run_cell(cell: Cell, peers: list[Peer], args, workdir: Path, dead: dict[str,
             res.rss_start_kib[peer.name] = status_kib(peer.pids(), "VmRSS")
             res.runs[peer.name] = []
             live.append(peer)
+        def check_alive(peer: Peer, when: str) -> bool:
+            if peer.alive():
+                return True
+            if peer.name not in res.skipped:
+                rc = peer.proc.returncode if peer.proc else None
+                how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"status {rc}"
+                msg = f"server exited ({how}) {when}"
+                print(f"  {peer.name}: {msg}; last lines of its output:\n{tail(peer.log)}",
+                      flush=True)
+                res.skipped[peer.name] = msg
+                res.logs[peer.name] = tail(peer.log, 40)
+            return False
+
         for r in range(args.runs):
             k = r % len(live) if live else 0
             for peer in live[k:] + live[:k]:  # interleave, rotating who goes first
-                if not peer.alive():
+                if not check_alive(peer, f"before run {r + 1}"):
                     continue
                 rr = one_run(peer, args.smtp_source, cell, n)
                 res.runs[peer.name].append(rr)
@@ -580,13 +594,14 @@ def run_cell(cell: Cell, peers: list[Peer], args, workdir: Path, dead: dict[str,
                 flag = "MISMATCH " if rr.count_mismatch else ""
                 print(f"  run {r + 1}/{args.runs} {peer.name:17s} -m {n:<5d} {rr.wall_s:6.2f} s "
                       f"{status} {flag}{rr.note}", flush=True)
-                if not peer.alive():
-                    print(f"  {peer.name}: server died during the run:\n{tail(peer.log)}",
-                          flush=True)
-                    res.skipped[peer.name] = "server died during a run"
+                # sampled after every run, so a server that dies later still has its peak
+                if check_alive(peer, f"during run {r + 1}"):
+                    hwm = status_kib(peer.pids(), "VmHWM")
+                    res.hwm_kib[peer.name] = max(res.hwm_kib.get(peer.name, 0), hwm)
         for peer in live:
-            if peer.alive():
-                res.hwm_kib[peer.name] = status_kib(peer.pids(), "VmHWM")
+            if check_alive(peer, "after the last run"):
+                hwm = status_kib(peer.pids(), "VmHWM")
+                res.hwm_kib[peer.name] = max(res.hwm_kib.get(peer.name, 0), hwm)
     finally:
         for peer in peers:
             peer.stop()
@@ -618,6 +633,7 @@ def cell_metrics(cr: CellResult) -> dict[str, dict[str, float | None]]:
             "rss_start_mib": cr.rss_start_kib[peer] / 1024 if peer in cr.rss_start_kib else None,
             "failed_runs": len(runs) - len(good),
             "count_mismatches": sum(r.count_mismatch for r in runs),
+            "died": peer in cr.skipped,
             "runs": len(runs),
         }
     return out
@@ -644,7 +660,8 @@ def table(title, cells, results, peer_names, key, digits=0, note=""):
         for p in peer_names:
             v = m.get(p, {}).get(key)
             flag = (" !" if m.get(p, {}).get("failed_runs") else "") + (
-                " *" if m.get(p, {}).get("count_mismatches") else "")
+                " *" if m.get(p, {}).get("count_mismatches") else "") + (
+                " †" if m.get(p, {}).get("died") else "")
             row.append(fmt(v, digits) + flag)
         cm = m.get("chainmail", {}).get(key)
         for b in ratios:
@@ -676,7 +693,8 @@ def report(cells, cell_results, peer_names, args, meta, skipped_peers) -> tuple[
                          peer_names, "msgs_per_s",
                          note="Wall time of smtp-source. `!` = some runs failed (smtp-source exit status "
                               "not 0; left out of the median), `*` = the peer stored fewer or "
-                              "more messages than were sent (see Notes)."))
+                              "more messages than were sent, `†` = the server exited during the cell "
+                              "(see Notes)."))
         out.append(table("Server CPU µs per message (lower is better)", perf_cells, metrics,
                          peer_names, "cpu_us_per_msg",
                          note="utime+stime of the server process (all its threads and child "
@@ -710,6 +728,9 @@ def report(cells, cell_results, peer_names, args, meta, skipped_peers) -> tuple[
         out.append("\n".join(lines) + "\n")
     notes = []
     for c in cells:
+        for p, why in cell_results[c.name].skipped.items():
+            if p not in skipped_peers:
+                notes.append(f"- {c.name} {p}: {why}")
         for p, runs in cell_results[c.name].runs.items():
             for i, r in enumerate(runs):
                 if r.note:
@@ -728,6 +749,7 @@ def report(cells, cell_results, peer_names, args, meta, skipped_peers) -> tuple[
                 "what": c.what,
                 "metrics": metrics[c.name],
                 "skipped": cell_results[c.name].skipped,
+                "server_output_on_death": cell_results[c.name].logs,
                 "runs": {p: [r.__dict__ for r in runs]
                          for p, runs in cell_results[c.name].runs.items()},
             }

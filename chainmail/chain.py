@@ -209,6 +209,9 @@ class Chain:
         if kind is SYNC:
             return impl.fn(*a)
         if kind is TRIO:
+            if impl.hook == "on_command":
+                # Command handlers dispatch to hooks, each under its own budget.
+                return await impl.fn(*a)
             with trio.fail_after(self.timeout):
                 return await impl.fn(*a)
         if kind is THREAD:

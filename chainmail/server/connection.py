@@ -40,7 +40,6 @@ async def serve_connection(ctx, stream: trio.SocketStream) -> None:
         remote = _address(stream.socket.getpeername())
         local = _address(stream.socket.getsockname())
     except OSError:
-        await trio.aclose_forcefully(stream)
         return
     cfg = ctx.config
     ip = remote[0]
@@ -58,7 +57,6 @@ async def serve_connection(ctx, stream: trio.SocketStream) -> None:
                 await stream.send_all(refusal.encode())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        await trio.aclose_forcefully(stream)
         return
     ctx.active += 1
     ctx.per_ip[ip] += 1
@@ -73,7 +71,7 @@ async def serve_connection(ctx, stream: trio.SocketStream) -> None:
         ctx.per_ip[ip] -= 1
         if not ctx.per_ip[ip]:
             del ctx.per_ip[ip]
-        await trio.aclose_forcefully(stream)
+        # trio.serve_listeners closes the stream after this handler returns.
 
 
 class SessionRunner:
