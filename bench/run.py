@@ -52,6 +52,7 @@ RCPT = f"rcpt@{DOMAIN}"
 
 START_TIMEOUT = 20.0  # seconds for a server to accept connections
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
+MAX_RESTARTS = 2  # per peer per cell, when a server exits between or during runs
 RSS_TARGET_MIB = 10.0  # chainmail: peak RSS growth while receiving the 50 MB message
 
 
@@ -485,7 +486,8 @@ class CellResult:
     hwm_kib: dict[str, int] = field(default_factory=dict)
     rss_start_kib: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    logs: dict[str, str] = field(default_factory=dict)  # output of servers that died
+    logs: dict[str, list[str]] = field(default_factory=dict)  # output of servers that exited
+    restarts: list[str] = field(default_factory=list)
 
 
 def smtp_source_cmd(smtp_source: str, cell: Cell, n: int, port: int) -> list[str]:
@@ -569,18 +571,37 @@ def run_cell(cell: Cell, peers: list[Peer], args, workdir: Path, dead: dict[str,
             res.rss_start_kib[peer.name] = status_kib(peer.pids(), "VmRSS")
             res.runs[peer.name] = []
             live.append(peer)
-        def check_alive(peer: Peer, when: str) -> bool:
+        restarts: dict[str, int] = {}
+
+        def check_alive(peer: Peer, when: str, restart: bool = True) -> bool:
+            """True if the peer's server is up; a server that exited is reported and restarted
+            (at most MAX_RESTARTS times per cell)."""
             if peer.alive():
                 return True
-            if peer.name not in res.skipped:
-                rc = peer.proc.returncode if peer.proc else None
-                how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"status {rc}"
-                msg = f"server exited ({how}) {when}"
-                print(f"  {peer.name}: {msg}; last lines of its output:\n{tail(peer.log)}",
-                      flush=True)
-                res.skipped[peer.name] = msg
-                res.logs[peer.name] = tail(peer.log, 40)
-            return False
+            if peer.name in res.skipped:
+                return False
+            rc = peer.proc.returncode if peer.proc else None
+            how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"status {rc}"
+            msg = f"server exited ({how}) {when}"
+            print(f"  {peer.name}: {msg}; last lines of its output:\n{tail(peer.log)}", flush=True)
+            res.logs.setdefault(peer.name, []).append(f"{msg}:\n{tail(peer.log, 40)}")
+            # keep the peak of the process that exited (sampled after each run)
+            peer.stop()
+            if not restart:
+                res.restarts.append(f"{peer.name}: {msg}")
+                return False
+            if restarts.get(peer.name, 0) >= MAX_RESTARTS:
+                res.skipped[peer.name] = msg + f"; not restarted again (max {MAX_RESTARTS})"
+                return False
+            restarts[peer.name] = restarts.get(peer.name, 0) + 1
+            err = peer.start(workdir)
+            if err:
+                res.skipped[peer.name] = msg + "; restart failed"
+                print(f"  {peer.name}: restart failed: {err}", flush=True)
+                return False
+            res.restarts.append(f"{peer.name}: {msg}; restarted")
+            print(f"  {peer.name}: restarted", flush=True)
+            return True
 
         for r in range(args.runs):
             k = r % len(live) if live else 0
@@ -599,7 +620,7 @@ def run_cell(cell: Cell, peers: list[Peer], args, workdir: Path, dead: dict[str,
                     hwm = status_kib(peer.pids(), "VmHWM")
                     res.hwm_kib[peer.name] = max(res.hwm_kib.get(peer.name, 0), hwm)
         for peer in live:
-            if check_alive(peer, "after the last run"):
+            if check_alive(peer, "after the last run", restart=False):
                 hwm = status_kib(peer.pids(), "VmHWM")
                 res.hwm_kib[peer.name] = max(res.hwm_kib.get(peer.name, 0), hwm)
     finally:
@@ -633,7 +654,7 @@ def cell_metrics(cr: CellResult) -> dict[str, dict[str, float | None]]:
             "rss_start_mib": cr.rss_start_kib[peer] / 1024 if peer in cr.rss_start_kib else None,
             "failed_runs": len(runs) - len(good),
             "count_mismatches": sum(r.count_mismatch for r in runs),
-            "died": peer in cr.skipped,
+            "died": peer in cr.skipped or any(x.startswith(peer + ":") for x in cr.restarts),
             "runs": len(runs),
         }
     return out
@@ -694,7 +715,7 @@ def report(cells, cell_results, peer_names, args, meta, skipped_peers) -> tuple[
                          note="Wall time of smtp-source. `!` = some runs failed (smtp-source exit status "
                               "not 0; left out of the median), `*` = the peer stored fewer or "
                               "more messages than were sent, `†` = the server exited during the cell "
-                              "(see Notes)."))
+                              "and was restarted or dropped (see Notes)."))
         out.append(table("Server CPU µs per message (lower is better)", perf_cells, metrics,
                          peer_names, "cpu_us_per_msg",
                          note="utime+stime of the server process (all its threads and child "
@@ -731,6 +752,8 @@ def report(cells, cell_results, peer_names, args, meta, skipped_peers) -> tuple[
         for p, why in cell_results[c.name].skipped.items():
             if p not in skipped_peers:
                 notes.append(f"- {c.name} {p}: {why}")
+        for what in cell_results[c.name].restarts:
+            notes.append(f"- {c.name} {what}")
         for p, runs in cell_results[c.name].runs.items():
             for i, r in enumerate(runs):
                 if r.note:

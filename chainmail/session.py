@@ -57,7 +57,8 @@ class Session:
 
     __slots__ = ("id", "server", "remote_ip", "remote_port", "local_ip", "local_port", "lmtp",
                  "helo_mode", "helo_name", "tls", "auth_user", "relaying_allowed",
-                 "transaction", "state", "started", "messages", "data_receiver")
+                 "transaction", "state", "started", "messages", "data_receiver",
+                 "tls_requested", "proxied_from")
 
     def __init__(self, server: "ServerContext", remote: tuple[str, int],
                  local: tuple[str, int], *, lmtp: bool = False):
@@ -77,6 +78,10 @@ class Session:
         self.started = time.time()
         self.messages = 0
         self.data_receiver = None
+        self.tls_requested = False
+        """Set by the STARTTLS handler with its 220: the server then starts the handshake."""
+        self.proxied_from: tuple[str, int] | None = None
+        """The TCP peer (the proxy) when the client address came from a PROXY header."""
         """Set by the DATA command handler together with its 354 reply: the object that
         takes the body (``write(bytes)``, ``async finish(end) -> Reply``, ``abort()``)."""
 

@@ -116,12 +116,28 @@ class TLSConfig:
     truststore: str | None = None
     truststore_type: str = "JKS"
     truststore_secret: str = ""
+    sni: tuple["SniCertificate", ...] = ()
     file: str = ""
     line: int = 0
 
     @property
     def enabled(self) -> bool:
         return self.socket_tls or self.start_tls
+
+
+@dataclass(frozen=True)
+class SniCertificate:
+    """An extra certificate chosen by the client's SNI name (``<tls><sni><certificate>``).
+    ``hosts`` empty means: the DNS names of the certificate itself."""
+
+    hosts: tuple[str, ...] = ()
+    keystore: str | None = None
+    keystore_type: str = "PKCS12"
+    secret: str = ""
+    private_key: str | None = None
+    certificates: str | None = None
+    file: str = ""
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,7 @@ _SMTP_ONLY = {
 _LMTP_ONLY = {"lmtpGreeting"}
 _TLS_ELEMENTS = {
     "keystore", "keystoreType", "secret", "privateKey", "certificates", "provider", "algorithm",
-    "supportedProtocols", "supportedCipherSuites", "clientAuth", "enableOCSPCRLChecks", "sessionCache",
+    "supportedProtocols", "supportedCipherSuites", "clientAuth", "enableOCSPCRLChecks", "sessionCache", "sni",
 }
 _CLIENT_AUTH_ELEMENTS = {"truststore", "truststoreType", "truststoreSecret", "enableOCSPCRLChecks"}
 _AUTH_ELEMENTS = {"announce", "requireSSL", "plainAuthEnabled", "required", "oidc"}
@@ -723,6 +739,27 @@ def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfi
         truststore = path_of(client_el, "truststore")
         truststore_type = reader.child_text(client_el, "truststoreType") or "JKS"
         truststore_secret = reader.child_text(client_el, "truststoreSecret") or ""
+    sni: list[SniCertificate] = []
+    sni_el = first_child(el, "sni")
+    if sni_el is not None:
+        reader.check_children(sni_el, {"certificate"}, repeatable={"certificate"})
+        for cert_el in children_named(sni_el, "certificate"):
+            reader.check_children(cert_el, {"keystore", "keystoreType", "secret", "privateKey",
+                                            "certificates"})
+            hosts = tuple(h.strip().lower() for h in (cert_el.get("hosts") or "").replace(",", " ").split()
+                          if h.strip())
+            entry = SniCertificate(
+                hosts=hosts, keystore=path_of(cert_el, "keystore"),
+                keystore_type=reader.child_text(cert_el, "keystoreType") or "PKCS12",
+                secret=reader.child_text(cert_el, "secret") or "",
+                private_key=path_of(cert_el, "privateKey"),
+                certificates=path_of(cert_el, "certificates"),
+                file=reader.file, line=cert_el.sourceline or 0)
+            if entry.keystore is None and (entry.private_key is None or entry.certificates is None):
+                raise reader.error(cert_el, "sni/certificate",
+                                   "no key material; expected a <keystore>, or <privateKey> and "
+                                   "<certificates>")
+            sni.append(entry)
     session_cache = first_child(el, "sessionCache")
     if session_cache is not None:
         reader.check_children(session_cache, {"size", "timeout"})
@@ -753,6 +790,7 @@ def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfi
         truststore=truststore,
         truststore_type=truststore_type,
         truststore_secret=truststore_secret,
+        sni=tuple(sni),
         file=reader.file,
         line=el.sourceline or 0,
     )

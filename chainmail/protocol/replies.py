@@ -163,6 +163,12 @@ class R:
     data_line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
     data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)
 
+    # -- STARTTLS (RFC 3207) -------------------------------------------------------------
+    tls_ready = Reply.of(220, "Ready to start TLS", "2.0.0")
+    tls_already_active = Reply.of(500, "TLS already active RFC2487 5.2", "5.5.1")
+    tls_after_auth = Reply.of(501, "Syntax error (invalid command in this state) Already authenticated...",
+                              "5.5.4")
+
     # -- hook verdict defaults (James's HookResult mapping) -----------------------------
     hook_deny = Reply.of(554, "Email rejected")
     hook_denysoft = Reply.of(451, "Temporary problem. Please try again later")

@@ -48,6 +48,9 @@ async def open_listeners(ctx: ServerContext) -> list[trio.SocketListener]:
 
 def make_context(server_config, *, domains, spool) -> ServerContext:
     ctx = ServerContext(server_config, domains=domains, spool=spool)
+    if server_config.tls.enabled:
+        from .tls import TLSManager
+        ctx.tls = TLSManager(server_config.tls)
     ctx.chain = build_chain(server_config.handlerchain, ctx, timeout=server_config.handler_timeout,
                             limiter=ctx.limiter)
     return ctx
@@ -71,7 +74,7 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                 all_listeners = []
                 for ctx in contexts:
                     all_listeners.append((ctx, await open_listeners(ctx)))
-                outer.start_soon(_watch_signals, stop_event)
+                outer.start_soon(_watch_signals, stop_event, contexts)
 
                 async def accept_all():
                     with accept_scope:
@@ -102,9 +105,16 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
     log.info("stopped")
 
 
-async def _watch_signals(stop_event: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _watch_signals(stop_event: trio.Event, contexts) -> None:
+    """SIGTERM/SIGINT: drain and stop.  SIGHUP: re-read every TLS keystore (new connections
+    get the new certificates; a broken keystore is reported and the old one kept)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
+            if signum == signal.SIGHUP:
+                for ctx in contexts:
+                    if ctx.tls is not None:
+                        await trio.to_thread.run_sync(ctx.tls.reload)
+                continue
             stop_event.set()
             return

@@ -13,10 +13,14 @@ import math
 
 import trio
 
+import socket
+
 from ..protocol import engine
+from ..protocol.proxy import MAX_HEADER, ProxyError, ProxyHeader, parse_proxy_header
 from ..protocol.replies import R, Reply
-from ..session import Session
+from ..session import Session, TLSInfo
 from ..verdict import Action, to_reply
+from .tls import sni_name as tls_sni_name
 
 __all__ = ["serve_connection", "SessionRunner"]
 
@@ -25,6 +29,7 @@ log = logging.getLogger("chainmail.session")
 RECEIVE_SIZE = 65536
 FLUSH_AT = 65536          # send pending replies once this many bytes are queued
 SHUTDOWN_SEND_TIMEOUT = 2.0
+PREAMBLE_TIMEOUT = 30.0   # at most this long for a PROXY header and a TLS handshake
 
 
 def _address(sockaddr) -> tuple[str, int]:
@@ -35,43 +40,137 @@ def _address(sockaddr) -> tuple[str, int]:
 
 
 async def serve_connection(ctx, stream: trio.SocketStream) -> None:
-    """Entry point for each accepted connection: limits first, then the session."""
+    """Entry point for each accepted connection: connection limit, PROXY header, implicit TLS,
+    per-IP limit (on the real client), then the session."""
     try:
         remote = _address(stream.socket.getpeername())
         local = _address(stream.socket.getsockname())
     except OSError:
         return
     cfg = ctx.config
-    ip = remote[0]
-    refusal = None
-    if ctx.draining:
-        refusal = R.shutting_down(ctx.hostname)
-    elif cfg.connection_limit and ctx.active >= cfg.connection_limit:
-        refusal = R.too_many_connections(ctx.hostname)
-    elif cfg.connection_limit_per_ip and ctx.per_ip[ip] >= cfg.connection_limit_per_ip:
-        refusal = R.too_many_connections_from_ip(ctx.hostname)
-    if refusal is not None:
-        log.info("refused %s:%s: %s", ip, remote[1], refusal)
-        with trio.move_on_after(SHUTDOWN_SEND_TIMEOUT):
-            try:
-                await stream.send_all(refusal.encode())
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+    implicit_tls = ctx.tls is not None and cfg.tls.socket_tls
+    if ctx.draining or (cfg.connection_limit and ctx.active >= cfg.connection_limit):
+        reply = R.shutting_down(ctx.hostname) if ctx.draining else R.too_many_connections(ctx.hostname)
+        await _refuse(stream, None if implicit_tls else reply, remote)
         return
     ctx.active += 1
+    try:
+        await _serve_counted(ctx, stream, remote, local, implicit_tls)
+    finally:
+        ctx.active -= 1
+        # trio.serve_listeners closes the stream after this handler returns.
+
+
+async def _refuse(stream, reply: Reply | None, remote) -> None:
+    log.info("refused %s:%s: %s", remote[0], remote[1], reply or "limit reached")
+    if reply is None:
+        return
+    with trio.move_on_after(SHUTDOWN_SEND_TIMEOUT):
+        try:
+            await stream.send_all(reply.encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool) -> None:
+    cfg = ctx.config
+    proxied_from = None
+    leftover = b""
+    tls_info = None
+    timeout = float(cfg.connection_timeout or 0) or math.inf
+    with trio.move_on_after(min(timeout, PREAMBLE_TIMEOUT)) as preamble:
+        try:
+            if cfg.proxy_required and (cfg.proxy_first or not implicit_tls):
+                header = await read_proxy_header_exactly(stream.socket)
+                if header.source is not None:
+                    proxied_from, remote, local = remote, header.source, header.destination
+            if implicit_tls:
+                stream = trio.SSLStream(stream, ctx.tls.context, server_side=True, https_compatible=True)
+                await stream.do_handshake()
+                tls_info = tls_info_of(stream)
+                if cfg.proxy_required and not cfg.proxy_first:
+                    header, leftover = await read_proxy_header_from(stream)
+                    if header.source is not None:
+                        proxied_from, remote, local = remote, header.source, header.destination
+        except ProxyError as exc:
+            log.warning("connection from %s:%s closed: %s", remote[0], remote[1], exc)
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("connection from %s:%s failed before the session began: %s", remote[0],
+                     remote[1], exc.__cause__ or exc)
+            return
+    if preamble.cancelled_caught:
+        log.warning("connection from %s:%s closed: no PROXY header or TLS handshake in time",
+                    remote[0], remote[1])
+        return
+    ip = remote[0]
+    if cfg.connection_limit_per_ip and ctx.per_ip[ip] >= cfg.connection_limit_per_ip:
+        await _refuse(stream, R.too_many_connections_from_ip(ctx.hostname), remote)
+        return
     ctx.per_ip[ip] += 1
     session = Session(ctx, remote, local, lmtp=ctx.lmtp)
+    session.tls = tls_info
+    session.proxied_from = proxied_from
     runner = SessionRunner(ctx, stream, session)
+    if leftover:
+        runner.conn.receive_data(leftover)
     ctx.sessions.add(runner)
     try:
         await runner.run()
     finally:
         ctx.sessions.discard(runner)
-        ctx.active -= 1
         ctx.per_ip[ip] -= 1
         if not ctx.per_ip[ip]:
             del ctx.per_ip[ip]
-        # trio.serve_listeners closes the stream after this handler returns.
+
+
+async def read_proxy_header_exactly(sock) -> ProxyHeader:
+    """Read a PROXY header from a plain socket without consuming a byte past it (MSG_PEEK),
+    so what follows (SMTP, or a TLS ClientHello) is left for its reader."""
+    want = 16
+    while True:
+        data = await sock.recv(want, socket.MSG_PEEK)
+        if not data:
+            raise ProxyError("connection closed before the PROXY header")
+        header = parse_proxy_header(data)
+        if header is not None:
+            await _consume(sock, header.length)
+            return header
+        if len(data) < want:
+            # Peeked bytes stay readable, so waiting for "readable" would spin: poll briefly.
+            # The caller bounds the whole wait.
+            await trio.sleep(0.005)
+            continue
+        want = min(want * 4, MAX_HEADER)
+
+
+async def _consume(sock, n: int) -> None:
+    while n:
+        chunk = await sock.recv(n)
+        if not chunk:
+            raise ProxyError("connection closed inside the PROXY header")
+        n -= len(chunk)
+
+
+async def read_proxy_header_from(stream) -> tuple[ProxyHeader, bytes]:
+    """Read a PROXY header from a stream (inside TLS); returns it and the bytes after it."""
+    buf = b""
+    while True:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise ProxyError("connection closed before the PROXY header")
+        buf += chunk
+        header = parse_proxy_header(buf)
+        if header is not None:
+            return header, buf[header.length:]
+        if len(buf) > MAX_HEADER:
+            raise ProxyError("PROXY header too long")
+
+
+def tls_info_of(stream: trio.SSLStream) -> TLSInfo:
+    cipher = stream.cipher()
+    return TLSInfo(protocol=stream.version() or "TLS", cipher=cipher[0] if cipher else "",
+                   sni=tls_sni_name.get())
 
 
 class SessionRunner:
@@ -88,6 +187,7 @@ class SessionRunner:
         self.scope = trio.CancelScope()
         self.idle = False
         self.shutdown_requested = False
+        self.batch_position = 0  # commands handled from the current read
         self.timeout = float(ctx.config.connection_timeout or 0) or math.inf
 
     # -- shutdown -------------------------------------------------------------------------
@@ -197,6 +297,7 @@ class SessionRunner:
                     self.scope.deadline = math.inf
                     self.idle = False
                 conn.receive_data(data)
+                self.batch_position = 0
                 continue
             if type(event) is BodyChunk:
                 receiver = session.data_receiver
@@ -204,7 +305,14 @@ class SessionRunner:
                     receiver.write(event.data)
                 continue
             if type(event) is Command:
+                self.batch_position += 1
                 reply = await self._command(chain, event)
+                if session.tls_requested:
+                    session.tls_requested = False
+                    if not await self._start_tls(reply):
+                        return
+                    conn, stream = self.conn, self.stream
+                    continue
             elif type(event) is EndOfData:
                 reply = await self._end_of_data(event)
             elif event is CLOSED:
@@ -221,6 +329,35 @@ class SessionRunner:
                 return
             if self.out_size >= FLUSH_AT:
                 await self.flush()
+
+    async def _start_tls(self, reply: Reply) -> bool:
+        """RFC 3207 after a ``220`` to STARTTLS.  Refuses (451, close) when the client sent
+        anything with the STARTTLS line, before or after it (command injection,
+        CVE-2011-0411).  Returns False when the session must end."""
+        session = self.session
+        if self.batch_position > 1 or self.conn.buffered:
+            log.warning("%s: STARTTLS pipelined with other data: closing", session)
+            self.out.clear()
+            self.queue(R.unable_to_process.closing())
+            await self.flush()
+            return False
+        self.queue(reply)
+        await self.flush()
+        tls = trio.SSLStream(self.stream, self.ctx.tls.context, server_side=True,
+                             https_compatible=True)
+        self.scope.deadline = trio.current_time() + min(self.timeout, PREAMBLE_TIMEOUT)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("%s: TLS handshake failed: %s", session, exc.__cause__ or exc)
+            return False
+        finally:
+            self.scope.deadline = math.inf
+        self.stream = tls
+        self.conn = engine.Connection(self.ctx.config.max_line_length)
+        session.reset_for_tls(tls_info_of(tls))
+        log.info("%s: TLS started: %s %s", session, session.tls.protocol, session.tls.cipher)
+        return True
 
     async def _command(self, chain, command) -> Reply:
         session = self.session

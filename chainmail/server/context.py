@@ -24,6 +24,7 @@ class ServerContext:
         self.spool = spool
         self.limiter = trio.CapacityLimiter(max(1, config.max_executor_count))
         self.chain: Any = None
+        self.tls: Any = None   # TLSManager when <tls> enables socketTLS or startTLS
         self.active = 0
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[Any] = set()

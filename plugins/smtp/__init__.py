@@ -10,6 +10,7 @@ from .received import ReceivedHeaderHandler
 from .relay import PostmasterAbuseRcptHook, RelayCheckRcptHook
 from .size import MailSizeEsmtpExtension
 from .spool import SendMailHandler
+from .starttls import StartTlsCmdHandler
 
 __all__ = ["CoreCmdHandlerLoader", "NoAuthCmdHandlerLoader"]
 
@@ -31,6 +32,7 @@ _CORE = (
     PostmasterAbuseRcptHook,
     ReceivedHeaderHandler,
     SendMailHandler,
+    StartTlsCmdHandler,
     UnknownCmdHandler,
 )
 
