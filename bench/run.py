@@ -275,12 +275,14 @@ class ChainmailPeer(Peer):
 
     def __init__(self, command: str) -> None:
         super().__init__()
-        self.argv = shlex.split(command)  # an executable, or e.g. "<venv>/bin/python -m chainmail"
+        # an executable, or a command such as "<venv>/bin/python -m chainmail"
+        self.argv = shlex.split(command)
 
     def available(self) -> str | None:
         exe = self.argv[0] if self.argv else ""
         if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
-            return f"{exe or '(empty)'} not found (install chainmail into the venv: pip install -e .)"
+            return (f"{exe or '(empty)'} not found "
+                    "(install chainmail into the venv: pip install -e .)")
         return None
 
     @property
@@ -303,7 +305,8 @@ class ChainmailPeer(Peer):
             "<connectiontimeout>360</connectiontimeout>"
             "<authorizedAddresses>127.0.0.0/8</authorizedAddresses>"
             "<maxmessagesize>0</maxmessagesize>"
-            "<handlerchain coreHandlersPackage=\"org.apache.james.smtpserver.NoAuthCmdHandlerLoader\"/>"
+            "<handlerchain coreHandlersPackage="
+            "\"org.apache.james.smtpserver.NoAuthCmdHandlerLoader\"/>"
             "</smtpserver></smtpservers>\n"
         )
         (conf / "domainlist.xml").write_text(
@@ -316,9 +319,11 @@ class ChainmailPeer(Peer):
         return [*self.argv, "run", "--conf", str(self.dir / "conf"), "--var", str(self.var)]
 
     def _spooled(self) -> list[Path]:
-        # Every regular file under <var>/spool except in-flight ones (any "tmp" directory) and
-        # hidden or lock files. If the spool keeps more than one file per message (body +
-        # envelope), the count is a multiple of the messages: see accepted().
+        # chainmail's directory spool keeps one file per accepted message in <var>/spool/queue/
+        # and in-flight ones in <var>/spool/tmp/. Count every regular file under <var>/spool
+        # except "tmp" directories and hidden or lock files, so that messages moved on to other
+        # spool states are still counted. A whole multiple of the messages sent is accepted
+        # too (see one_run), in case a layout keeps several files per message.
         out = []
         if not self.spool.is_dir():
             return out

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from . import cli_accounts
 from .config import load_config
 from .config.errors import ConfigError
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue = sub.add_parser("queue", parents=[common], help="inspect the spool")
     qsub = queue.add_subparsers(dest="action", required=True)
     qsub.add_parser("list", parents=[common])
+    cli_accounts.add_subcommands(sub, common)
     return parser
 
 
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return _domain(conf, var, args)
         if args.command == "queue":
             return _queue(var)
+        if args.command in ("user", "alias"):
+            return cli_accounts.run(args, conf, var)
     except ConfigError as err:
         print(f"chainmail: configuration error: {err}", file=sys.stderr)
         return 2
