@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml tests/plugins/chainmail-test-plugin/pyproject.toml
 
 ## run: start the servers of conf/ (SMTP on port 2525 by default)
 run: $(STAMP)
+	$(BIN)/chainmail keystore --conf $(CONF)
 	$(BIN)/chainmail run --conf $(CONF) --var $(VAR)
 
 ## test: the whole suite (unit, property and integration tests against real sockets)

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = dsub.add_parser(action, parents=[common])
         p.add_argument("name")
     dsub.add_parser("list", parents=[common])
+    sub.add_parser("keystore", parents=[common],
+                   help="create a self-signed PKCS12 keystore for every TLS server whose keystore "
+                        "file does not exist yet")
     queue = sub.add_parser("queue", parents=[common], help="inspect the spool")
     qsub = queue.add_subparsers(dest="action", required=True)
     qsub.add_parser("list", parents=[common])
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return _domain(conf, var, args)
         if args.command == "queue":
             return _queue(var)
+        if args.command == "keystore":
+            return _keystore(conf)
         if args.command in ("user", "alias"):
             return cli_accounts.run(args, conf, var)
     except ConfigError as err:
@@ -155,6 +160,28 @@ def _check_config(conf: str, var: str) -> int:
             print(f"    {i:2d}. {line}")
     for warning in config.warnings:
         print(str(warning))
+    return 0
+
+
+def _keystore(conf: str) -> int:
+    """For trying TLS out: real deployments bring their own certificates."""
+    from .server.tls import create_self_signed_keystore
+    config = _load(conf)
+    done: set[str] = set()
+    for server in (*config.smtp_servers, *config.lmtp_servers):
+        tls = server.tls
+        if not (server.enabled and tls.enabled and tls.keystore) or tls.keystore in done:
+            continue
+        done.add(tls.keystore)
+        if os.path.exists(tls.keystore):
+            print(f"{tls.keystore}: exists, kept")
+            continue
+        if tls.keystore_type.upper() not in ("PKCS12", "JKS"):
+            print(f"{tls.keystore}: keystoreType {tls.keystore_type} is not PKCS12; not created")
+            continue
+        names = sorted({server.hello_name, "localhost"})
+        create_self_signed_keystore(tls.keystore, tls.secret, names)
+        print(f"{tls.keystore}: created a self-signed certificate for {', '.join(names)}")
     return 0
 
 

@@ -270,8 +270,9 @@ def create_self_signed_keystore(path: str, secret: str, hostnames: list[str], da
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
             .sign(key, hashes.SHA256()))
-    data = pkcs12.serialize_key_and_certificates(b"james", key, cert, None,
-                                                 serialization.BestAvailableEncryption(secret.encode()))
+    encryption = (serialization.BestAvailableEncryption(secret.encode()) if secret
+                  else serialization.NoEncryption())
+    data = pkcs12.serialize_key_and_certificates(b"james", key, cert, None, encryption)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
