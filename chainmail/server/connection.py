@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 
 import trio
 
@@ -180,6 +181,7 @@ class SessionRunner:
     def __init__(self, ctx, stream, session: Session):
         self.ctx = ctx
         self.stream = stream
+        self._bind_io()
         self.session = session
         self.conn = engine.Connection(ctx.config.max_line_length)
         self.out: list[bytes] = []
@@ -189,6 +191,25 @@ class SessionRunner:
         self.shutdown_requested = False
         self.batch_position = 0  # commands handled from the current read
         self.timeout = float(ctx.config.connection_timeout or 0) or math.inf
+
+    def _bind_io(self) -> None:
+        """Plain TCP goes straight to the socket (measured ~20% less CPU than through
+        SocketStream, stack-probe.md §2); TLS goes through the SSLStream."""
+        stream = self.stream
+        if type(stream) is trio.SocketStream:
+            self.receive = partial(stream.socket.recv, RECEIVE_SIZE)
+            self.send_all = self._send_all_raw
+        else:
+            self.receive = partial(stream.receive_some, RECEIVE_SIZE)
+            self.send_all = stream.send_all
+
+    async def _send_all_raw(self, data: bytes) -> None:
+        send = self.stream.socket.send
+        sent = await send(data)
+        if sent < len(data):
+            view = memoryview(data)[sent:]
+            while view:
+                view = view[await send(view):]
 
     # -- shutdown -------------------------------------------------------------------------
     def request_shutdown(self) -> None:
@@ -211,7 +232,7 @@ class SessionRunner:
         self.out_size = 0
         self.scope.deadline = trio.current_time() + self.timeout
         try:
-            await self.stream.send_all(data)
+            await self.send_all(data)
         finally:
             self.scope.deadline = math.inf
 
@@ -224,8 +245,8 @@ class SessionRunner:
                 try:
                     await self._greet(chain)
                     await self._loop(chain)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass  # the client went away
             if self.scope.cancelled_caught:
                 await self._say_goodbye()
         finally:
@@ -245,8 +266,9 @@ class SessionRunner:
         log.info("%s: closing: %s", self.session, reply)
         with trio.move_on_after(SHUTDOWN_SEND_TIMEOUT):
             try:
-                await self.stream.send_all(b"".join(self.out) + reply.encode())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                await self.send_all(b"".join(self.out) + reply.encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
+                    OSError):
                 pass
 
     async def _greet(self, chain) -> None:
@@ -277,7 +299,7 @@ class SessionRunner:
     async def _loop(self, chain) -> None:
         conn = self.conn
         session = self.session
-        stream = self.stream
+        receive = self.receive
         Command, BodyChunk, EndOfData = engine.Command, engine.BodyChunk, engine.EndOfData
         NEED_DATA, CLOSED = engine.NEED_DATA, engine.CLOSED
         while True:
@@ -292,7 +314,7 @@ class SessionRunner:
                 self.idle = not session.transaction.has_sender and session.data_receiver is None
                 self.scope.deadline = trio.current_time() + self.timeout
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await receive()
                 finally:
                     self.scope.deadline = math.inf
                     self.idle = False
@@ -311,7 +333,7 @@ class SessionRunner:
                     session.tls_requested = False
                     if not await self._start_tls(reply):
                         return
-                    conn, stream = self.conn, self.stream
+                    conn, receive = self.conn, self.receive
                     continue
             elif type(event) is EndOfData:
                 reply = await self._end_of_data(event)
@@ -354,6 +376,7 @@ class SessionRunner:
         finally:
             self.scope.deadline = math.inf
         self.stream = tls
+        self._bind_io()
         self.conn = engine.Connection(self.ctx.config.max_line_length)
         session.reset_for_tls(tls_info_of(tls))
         log.info("%s: TLS started: %s %s", session, session.tls.protocol, session.tls.cipher)
