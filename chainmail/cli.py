@@ -100,9 +100,9 @@ def _spool(var: str, **kwargs):
     return DirectorySpool(os.path.join(var, "spool"), **kwargs)
 
 
-def _contexts(config, domains, spool):
+def _contexts(config, domains, spool, users=None, rrt=None):
     from .server.app import make_context
-    return [make_context(s, domains=domains, spool=spool)
+    return [make_context(s, domains=domains, spool=spool, users=users, rrt=rrt)
             for s in (*config.smtp_servers, *config.lmtp_servers) if s.enabled]
 
 
@@ -113,11 +113,16 @@ def _run(conf: str, var: str, grace_period: float) -> int:
     config = _load(conf)
     domains = _domains(var, config)
     domains.seed(config.domainlist.domains)
+    from .store.rrt import RecipientRewriteTable
+    from .store.users import UsersRepository
+    db = os.path.join(var, "chainmail.db")
+    users = UsersRepository(db, domains=domains)
+    rrt = RecipientRewriteTable(db)
     spool = _spool(var)
     removed = spool.recover()
     if removed:
         log.info("removed %d incomplete message(s) left in the spool by an interrupted run", removed)
-    contexts = _contexts(config, domains, spool)
+    contexts = _contexts(config, domains, spool, users, rrt)
     if not contexts:
         print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
         return 2
@@ -133,6 +138,8 @@ def _run(conf: str, var: str, grace_period: float) -> int:
         print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        users.close()
+        rrt.close()
         domains.close()
     return 0
 

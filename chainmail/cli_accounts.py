@@ -155,6 +155,10 @@ def _user(args, stores: _Stores) -> int:
             _err(f"no user {name}")
             return NOOP
         print(f"removed user {name}")
+        left = [m for m in stores.rrt.list() if m.kind != "domain" and m.target == name]
+        if left:
+            _err(f"note: still mapped to {name}: "
+                 + ", ".join(f"{m.kind} {m.source}" for m in left))
         return OK
 
     # add / passwd: check everything that can be checked before asking for the password.

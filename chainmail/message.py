@@ -18,7 +18,7 @@ class IncomingMessage:
     the DATA reply.
     """
 
-    __slots__ = ("session", "transaction", "writer", "size", "queue_id", "attributes")
+    __slots__ = ("session", "transaction", "writer", "size", "queue_id", "attributes", "head")
 
     def __init__(self, session: "Session", transaction: "Transaction", writer: Any, size: int):
         self.session = session
@@ -27,6 +27,8 @@ class IncomingMessage:
         self.size = size
         self.queue_id: str | None = None
         self.attributes: dict[str, Any] = {}
+        self.head = b""
+        """The client's header section (up to 64 KiB), for header checks."""
 
     @property
     def sender(self):

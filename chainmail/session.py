@@ -58,7 +58,7 @@ class Session:
     __slots__ = ("id", "server", "remote_ip", "remote_port", "local_ip", "local_port", "lmtp",
                  "helo_mode", "helo_name", "tls", "auth_user", "relaying_allowed",
                  "transaction", "state", "started", "messages", "data_receiver",
-                 "tls_requested", "proxied_from")
+                 "tls_requested", "proxied_from", "line_handler")
 
     def __init__(self, server: "ServerContext", remote: tuple[str, int],
                  local: tuple[str, int], *, lmtp: bool = False):
@@ -80,6 +80,9 @@ class Session:
         self.data_receiver = None
         self.tls_requested = False
         """Set by the STARTTLS handler with its 220: the server then starts the handshake."""
+        self.line_handler = None
+        """When set (AUTH continuations), the next command line goes to this async
+        ``handler(session, line) -> Reply`` instead of the command handlers."""
         self.proxied_from: tuple[str, int] | None = None
         """The TCP peer (the proxy) when the client address came from a PROXY header."""
         """Set by the DATA command handler together with its 354 reply: the object that
@@ -106,6 +109,7 @@ class Session:
         self.helo_mode = None
         self.helo_name = None
         self.auth_user = None
+        self.line_handler = None
         self.transaction = Transaction()
         self.state.clear()
         self.relaying_allowed = self.server.config.authorized_addresses.contains(self.remote_ip)

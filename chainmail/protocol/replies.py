@@ -141,6 +141,16 @@ class R:
     relay_denied = Reply.of(550, "Requested action not taken: relaying denied", "5.7.1")
     auth_required = Reply.of(530, "Authentication Required", "5.7.1")
     too_many_recipients = Reply.of(452, "Too many recipients", "4.5.3")
+    wrong_identity = Reply.of(503, "Incorrect Authentication for Specified Email Address", "5.7.1")
+    missing_from = Reply.of(503, "Missing From header", "5.5.4")
+
+    @staticmethod
+    def unknown_user(rcpt: str) -> Reply:
+        return Reply.of(550, f"Unknown user: {rcpt}", "5.1.1")
+
+    @staticmethod
+    def rcpt_lookup_failed(rcpt: str) -> Reply:
+        return Reply.of(451, f"Unexpected error for {rcpt}", "4.0.0")
 
     @staticmethod
     def recipient_ok(rcpt: str) -> Reply:
@@ -162,6 +172,32 @@ class R:
     spool_error = Reply.of(451, "Error processing message.", "4.0.0")
     data_line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
     data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)
+
+    # -- AUTH (RFC 4954) --------------------------------------------------------------------
+    auth_already = Reply.of(503, "User has previously authenticated.  Further authentication is "
+                                 "not required!", "5.5.0")
+    auth_in_transaction = Reply.of(503, "AUTH command is not permitted during a mail transaction",
+                                   "5.5.1")
+    auth_usage = Reply.of(501, "Usage: AUTH (authentication type) <challenge>", "5.5.4")
+    auth_unknown_mechanism = Reply.of(504, "Unrecognized Authentication Type", "5.5.4")
+    auth_encryption_required = Reply.of(538, "Encryption required for requested authentication "
+                                             "mechanism", "5.7.11")
+    auth_aborted = Reply.of(501, "Authentication aborted", "5.7.1")
+    auth_ok = Reply.of(235, "Authentication Successful", "2.7.0")
+    auth_failed = Reply.of(535, "Authentication Failed", "5.7.8")
+
+    @staticmethod
+    def auth_challenge(payload: str) -> Reply:
+        return Reply.of(334, payload)
+
+    @staticmethod
+    def auth_cannot_decode(mechanism: str) -> Reply:
+        return Reply.of(501, f"Could not decode parameters for AUTH {mechanism}", "5.5.2")
+
+    @staticmethod
+    def auth_too_many_failures(host: str) -> Reply:
+        return Reply.of(421, f"{host} Too many authentication failures, closing connection",
+                        "4.7.0", True)
 
     # -- STARTTLS (RFC 3207) -------------------------------------------------------------
     tls_ready = Reply.of(220, "Ready to start TLS", "2.0.0")

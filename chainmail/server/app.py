@@ -46,8 +46,8 @@ async def open_listeners(ctx: ServerContext) -> list[trio.SocketListener]:
     return listeners
 
 
-def make_context(server_config, *, domains, spool) -> ServerContext:
-    ctx = ServerContext(server_config, domains=domains, spool=spool)
+def make_context(server_config, *, domains, spool, users=None, rrt=None) -> ServerContext:
+    ctx = ServerContext(server_config, domains=domains, spool=spool, users=users, rrt=rrt)
     if server_config.tls.enabled:
         from .tls import TLSManager
         ctx.tls = TLSManager(server_config.tls)

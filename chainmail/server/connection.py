@@ -385,7 +385,12 @@ class SessionRunner:
     async def _command(self, chain, command) -> Reply:
         session = self.session
         try:
-            reply = await chain.dispatch(session, command)
+            handler = session.line_handler
+            if handler is not None:
+                session.line_handler = None
+                reply = await handler(session, command.line)
+            else:
+                reply = await chain.dispatch(session, command)
         except trio.TooSlowError:
             log.error("%s: a handler of %s overran its time budget", session, command.verb)
             reply = R.unable_to_process

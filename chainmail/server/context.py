@@ -17,11 +17,14 @@ class ServerContext:
     global and per-IP limits are exact without locks.
     """
 
-    def __init__(self, config: Any, *, domains: Any, spool: Any, hostname: str | None = None):
+    def __init__(self, config: Any, *, domains: Any, spool: Any, users: Any = None, rrt: Any = None,
+                 hostname: str | None = None):
         self.config = config
         self.hostname = hostname or config.hello_name
         self.domains = domains
         self.spool = spool
+        self.users = users
+        self.rrt = rrt
         self.limiter = trio.CapacityLimiter(max(1, config.max_executor_count))
         self.chain: Any = None
         self.tls: Any = None   # TLSManager when <tls> enables socketTLS or startTLS
@@ -30,6 +33,17 @@ class ServerContext:
         self.sessions: set[Any] = set()
         self.draining = False
         self.bound: list[tuple[str, int]] = []
+
+    def is_local_domain(self, domain: str) -> bool:
+        """A domain of the domain list, directly or through a domain alias."""
+        domains = self.domains
+        if domains.contains(domain):
+            return True
+        rrt = self.rrt
+        if rrt is not None:
+            canonical = rrt.canonical_domain(domain)
+            return canonical != domain and domains.contains(canonical)
+        return False
 
     @property
     def lmtp(self) -> bool:

@@ -1,11 +1,16 @@
-"""The core SMTP handlers (James's ``CoreCmdHandlerLoader`` and ``NoAuthCmdHandlerLoader``)."""
+"""The core SMTP handlers (James's ``CoreCmdHandlerLoader`` and ``NoAuthCmdHandlerLoader``).
+
+The order is James's: it decides EHLO keyword order, and which hook of a kind runs first.
+"""
 
 from chainmail.chain import HandlersPackage
 
+from .auth import AuthCmdHandler, AuthRequiredHook
 from .commands import (DataCmdHandler, EhloCmdHandler, ExpnCmdHandler, HeloCmdHandler,
                        HelpCmdHandler, MailCmdHandler, NoopCmdHandler, QuitCmdHandler,
                        RcptCmdHandler, RsetCmdHandler, UnknownCmdHandler, VrfyCmdHandler,
                        WelcomeMessageHandler)
+from .identity import SenderAuthIdentifyVerificationHook
 from .received import ReceivedHeaderHandler
 from .relay import PostmasterAbuseRcptHook, RelayCheckRcptHook
 from .size import MailSizeEsmtpExtension
@@ -14,37 +19,42 @@ from .starttls import StartTlsCmdHandler
 
 __all__ = ["CoreCmdHandlerLoader", "NoAuthCmdHandlerLoader"]
 
-_CORE = (
-    WelcomeMessageHandler,
-    DataCmdHandler,
-    EhloCmdHandler,
-    ExpnCmdHandler,
-    HeloCmdHandler,
-    HelpCmdHandler,
-    MailCmdHandler,
-    NoopCmdHandler,
-    QuitCmdHandler,
-    RcptCmdHandler,
-    RsetCmdHandler,
-    VrfyCmdHandler,
-    MailSizeEsmtpExtension,
-    RelayCheckRcptHook,
-    PostmasterAbuseRcptHook,
-    ReceivedHeaderHandler,
-    SendMailHandler,
-    StartTlsCmdHandler,
-    UnknownCmdHandler,
-)
 
-
-class NoAuthCmdHandlerLoader(HandlersPackage):
-    """The SMTP core without AUTH: for MX servers on port 25."""
-
-    handlers = _CORE
+def _core(with_auth: bool) -> tuple[type, ...]:
+    return tuple(h for h in (
+        WelcomeMessageHandler,
+        AuthCmdHandler if with_auth else None,
+        DataCmdHandler,
+        EhloCmdHandler,
+        ExpnCmdHandler,
+        HeloCmdHandler,
+        HelpCmdHandler,
+        MailCmdHandler,
+        NoopCmdHandler,
+        QuitCmdHandler,
+        RcptCmdHandler,
+        RsetCmdHandler,
+        VrfyCmdHandler,
+        MailSizeEsmtpExtension,
+        RelayCheckRcptHook,
+        SenderAuthIdentifyVerificationHook,
+        AuthRequiredHook if with_auth else None,
+        PostmasterAbuseRcptHook,
+        ReceivedHeaderHandler,
+        StartTlsCmdHandler,
+        SendMailHandler,
+        UnknownCmdHandler,
+    ) if h is not None)
 
 
 class CoreCmdHandlerLoader(HandlersPackage):
-    """The SMTP core.  AUTH and the identity checks join this set with the AUTH plugin;
-    until then it equals :class:`NoAuthCmdHandlerLoader`."""
+    """The SMTP core with AUTH: for submission servers."""
 
-    handlers = _CORE
+    handlers = _core(with_auth=True)
+
+
+class NoAuthCmdHandlerLoader(HandlersPackage):
+    """The SMTP core without AUTH (``AUTH`` answers ``500 5.5.1 Command AUTH
+    unrecognized.``): for MX servers on port 25."""
+
+    handlers = _core(with_auth=False)

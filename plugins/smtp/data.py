@@ -11,12 +11,14 @@ from chainmail.verdict import to_reply
 
 log = logging.getLogger("chainmail.data")
 
+HEAD_LIMIT = 65536  # header bytes kept in memory for on_message hooks
+
 
 class DataReceiver:
     """Takes the body of one transaction.  Memory stays bounded: chunks go straight to the
     spool writer, which buffers a bounded amount before writing to its file."""
 
-    __slots__ = ("session", "transaction", "writer", "limit", "body_bytes", "over_limit")
+    __slots__ = ("session", "transaction", "writer", "limit", "body_bytes", "over_limit", "head")
 
     def __init__(self, session):
         self.session = session
@@ -25,6 +27,7 @@ class DataReceiver:
         self.limit = session.config.max_message_size
         self.body_bytes = 0
         self.over_limit = False
+        self.head = bytearray()  # the client's header section, kept for header checks (bounded)
 
     def prepend(self, header: bytes) -> None:
         self.writer.write(header)
@@ -39,6 +42,9 @@ class DataReceiver:
             self.writer.abort()
             return
         self.writer.write(data)
+        head = self.head
+        if len(head) < HEAD_LIMIT and b"\r\n\r\n" not in head:
+            head += data[: HEAD_LIMIT - len(head)]
 
     def abort(self) -> None:
         self.writer.abort()
@@ -52,6 +58,8 @@ class DataReceiver:
             self.writer.abort()
             return R.size_exceeded
         message = IncomingMessage(session, self.transaction, self.writer, self.writer.size)
+        end_of_head = self.head.find(b"\r\n\r\n")
+        message.head = bytes(self.head if end_of_head < 0 else self.head[: end_of_head + 4])
         try:
             verdict = await session.server.chain.verdict("on_message", session, message)
         finally:

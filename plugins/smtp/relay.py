@@ -8,8 +8,21 @@ from chainmail.verdict import HookResult
 
 
 def auth_announced(session) -> bool:
-    """Whether this session was offered AUTH (decides 530 vs 550 on a relay refusal)."""
-    return bool(session.state.get("auth_announced"))
+    """Whether AUTH is announced to this session (James's ``isAuthAnnounced``): the chain has
+    an AUTH command, the channel satisfies ``auth.requireSSL``, and ``auth.announce`` is
+    ``always``, or ``forUnauthorizedAddresses`` for a client outside ``authorizedAddresses``.
+    Decides 530 (authenticate first) against 550 (relaying denied)."""
+    auth = session.config.auth
+    if not session.server.chain.implements("AUTH"):
+        return False
+    if auth.require_ssl and session.tls is None:
+        return False
+    if auth.announce == "always":
+        return True
+    if auth.announce == "forUnauthorizedAddresses":
+        networks = session.config.authorized_addresses
+        return not networks or not networks.contains(session.remote_ip)
+    return False
 
 
 class RelayCheckRcptHook:
@@ -18,7 +31,7 @@ class RelayCheckRcptHook:
     def on_rcpt(self, session, recipient):
         if session.relaying_allowed:
             return None
-        if session.server.domains.contains(recipient.domain_lower):
+        if session.server.is_local_domain(recipient.domain_lower):
             return None
         return HookResult.reply(R.auth_required if auth_announced(session) else R.relay_denied)
 

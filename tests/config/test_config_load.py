@@ -29,7 +29,13 @@ def test_shipped_conf():
     cfg = load_config(str(SHIPPED))
     assert isinstance(cfg, Config)
     assert cfg.warnings == ()
-    (s,) = cfg.smtp_servers
+    s, smtps, submission = cfg.smtp_servers
+    assert (smtps.name, smtps.bind, smtps.tls.socket_tls) == ("smtpserver-TLS", (BindAddress("0.0.0.0", 4650),), True)
+    assert (submission.name, submission.bind, submission.tls.start_tls) == (
+        "smtpserver-submission", (BindAddress("0.0.0.0", 5870),), True)
+    for sub in (smtps, submission):
+        assert sub.auth.required and sub.auth.require_ssl and sub.auth.announce == "forUnauthorizedAddresses"
+        assert sub.handlerchain.core_package == "org.apache.james.smtpserver.CoreCmdHandlerLoader"
     assert s.enabled and s.name == "smtpserver"
     assert s.bind == (BindAddress("0.0.0.0", 2525),)
     assert s.hello_name_autodetect and s.connection_timeout == 360
@@ -45,7 +51,7 @@ def test_shipped_conf():
     assert cfg.domainlist.domains == ("localhost",)
     assert cfg.domainlist.default_domain == "localhost"
     assert not cfg.domainlist.autodetect and not cfg.domainlist.autodetect_ip
-    assert cfg.servers == (s,)
+    assert cfg.servers == (s, smtps, submission)
 
 
 def test_shipped_examples_load_when_uncommented(tmp_path):
@@ -92,7 +98,7 @@ def test_lmtp_file_and_cross_file_checks(tmp_path):
     (tmp_path / "lmtpserver.xml").write_text(
         "<lmtpservers>\n<lmtpserver><jmxName>lmtp</jmxName><bind>127.0.0.1:2424</bind></lmtpserver>\n</lmtpservers>\n")
     cfg = load_config(str(tmp_path))
-    assert [s.kind for s in cfg.servers] == ["smtp", "lmtp"]
+    assert [s.kind for s in cfg.servers] == ["smtp", "smtp", "smtp", "lmtp"]
 
     (tmp_path / "lmtpserver.xml").write_text(
         "<lmtpservers>\n<lmtpserver><jmxName>smtpserver</jmxName><bind>127.0.0.1:2424</bind></lmtpserver>\n</lmtpservers>\n")

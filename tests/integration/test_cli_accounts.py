@@ -284,3 +284,11 @@ def test_interactive_password_prompts_twice_without_echo(dirs, cm):
         assert users.verify("bob@local.test", "pty-secret")
     finally:
         users.close()
+
+
+def test_user_remove_mentions_mappings_left_behind(cm):
+    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="pw\n").returncode == 0
+    assert cm("alias", "add", "sales@local.test", "bob@local.test").returncode == 0
+    r = cm("user", "remove", "bob@local.test")
+    assert (r.returncode, r.stdout) == (0, "removed user bob@local.test\n")
+    assert "still mapped to bob@local.test: alias sales@local.test" in r.stderr

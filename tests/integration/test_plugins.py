@@ -96,15 +96,29 @@ def test_bad_handler_parameter_is_a_configuration_error(tmp_path):
     assert "smtpserver.xml:3: handler RecipientBlocker: code: 'abc' is not an integer" in result.stderr
 
 
-def test_james_sample_configuration_names_missing_handlers(tmp_path):
-    """James's sample smtpserver.xml loads; the handlers it names that chainmail does not
-    provide yet are named in a clear error."""
+def test_james_sample_configuration_loads_unchanged(tmp_path):
+    """James's sample smtpserver.xml (three servers, ValidRcptHandler, the loaders named in
+    <handler> elements) loads and resolves every handler."""
     import shutil
     from pathlib import Path
     conf = tmp_path / "conf"
     shutil.copytree(Path(__file__).parent.parent / "config" / "james", conf)
     result = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf), "--var", str(tmp_path / "var")],
                             capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "org.apache.james.smtpserver.fastfail.ValidRcptHandler -> chainmail_plugins.smtp.validrcpt:ValidRcptHandler" \
+        in result.stdout
+
+
+def test_james_handler_not_provided_is_named(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "smtpserver.xml").write_text(
+        '<smtpservers><smtpserver><bind>127.0.0.1:0</bind><handlerchain>\n'
+        '<handler class="org.apache.james.smtpserver.fastfail.DNSRBLHandler"/>\n'
+        '</handlerchain></smtpserver></smtpservers>\n')
+    result = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf), "--var", str(tmp_path / "var")],
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert "no installed handler provides 'org.apache.james.smtpserver.fastfail.ValidRcptHandler'" in result.stderr
-    assert "smtpserver.xml:" in result.stderr
+    assert "smtpserver.xml:2: handler: no installed handler provides " \
+           "'org.apache.james.smtpserver.fastfail.DNSRBLHandler'" in result.stderr

@@ -44,7 +44,8 @@ def test_shipped_configuration_serves_mta_smtps_and_submission(tmp_path):
         insecure.verify_mode = ssl.CERT_NONE   # the self-signed certificate of `make run`
         with smtplib.SMTP("127.0.0.1", 2525, local_hostname="client.test", timeout=10) as s:
             assert not s.ehlo()[1].count(b"STARTTLS")
-            assert s.sendmail("a@remote.example", ["postmaster@localhost"], "Subject: x\r\n\r\ny\r\n") == {}
+            assert s.sendmail("a@remote.example", ["postmaster@localhost"],
+                              "From: a@remote.example\r\nSubject: x\r\n\r\ny\r\n") == {}
         with smtplib.SMTP("127.0.0.1", 5870, local_hostname="client.test", timeout=10) as s:
             s.ehlo()
             assert s.has_extn("starttls")
