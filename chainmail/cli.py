@@ -52,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     qsub = queue.add_subparsers(dest="action", required=True)
     qsub.add_parser("list", parents=[common])
     cli_accounts.add_subcommands(sub, common)
+    relaycheck = sub.add_parser("relaycheck", parents=[common],
+                                help="open-relay self-test: run relay tricks against an SMTP server")
+    relaycheck.add_argument("target", metavar="HOST:PORT",
+                            help="server to test: an IP address ([::1]:25 for IPv6) or localhost; "
+                                 "names are never resolved")
+    relaycheck.add_argument("--from", dest="sender", default="relaycheck@relay-check.invalid",
+                            metavar="ADDR", help="MAIL FROM address of the tricks "
+                                                 "(default relaycheck@relay-check.invalid)")
+    relaycheck.add_argument("--local-domain", default="localhost", metavar="DOMAIN",
+                            help="a domain the server accepts mail for (default localhost)")
+    relaycheck.add_argument("--helo", default="relaycheck.invalid", metavar="NAME",
+                            help="EHLO/HELO name (default relaycheck.invalid)")
+    relaycheck.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                            help="seconds to wait for the connection and each reply (default 10)")
+    relaycheck.add_argument("--starttls", action="store_true",
+                            help="issue STARTTLS after EHLO (the certificate is not verified)")
+    relaycheck.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
 
@@ -74,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             return _keystore(conf)
         if args.command in ("user", "alias"):
             return cli_accounts.run(args, conf, var)
+        if args.command == "relaycheck":
+            from .relaycheck import main as relaycheck_main
+            return relaycheck_main(args)
     except ConfigError as err:
         print(f"chainmail: configuration error: {err}", file=sys.stderr)
         return 2

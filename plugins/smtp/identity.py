@@ -15,9 +15,8 @@ The null sender ``<>`` always passes.
 from __future__ import annotations
 
 import re
-from email.headerregistry import HeaderRegistry
 from email.parser import BytesHeaderParser
-from email.policy import SMTP
+from email.utils import getaddresses
 
 from chainmail.protocol.replies import R
 from chainmail.verdict import HookResult
@@ -73,21 +72,18 @@ class SenderAuthIdentifyVerificationHook:
         mode = _mode(session)
         if mode == "disabled" or (mode == "relaxed" and not session.auth_user):
             return None
-        headers = BytesHeaderParser(policy=SMTP).parsebytes(message.head)
-        values = headers.get_all("From")
+        # compat32 parsing plus getaddresses: an order of magnitude cheaper than the
+        # policy-based header registry, and this runs for every message.
+        values = _PARSER.parsebytes(message.head).get_all("From")
         if not values:
             return HookResult.reply(R.missing_from)
         if not session.auth_user:
             return None
-        for value in values:
-            try:
-                addresses = [a for a in value.addresses] if hasattr(value, "addresses") else []
-            except Exception:
-                addresses = []
-            if not addresses:
-                return HookResult.reply(R.wrong_identity)
-            for address in addresses:
-                if not address.addr_spec or "@" not in address.addr_spec or \
-                        not _allowed(session, address.addr_spec):
-                    return HookResult.reply(R.wrong_identity)
+        addresses = [addr for _, addr in getaddresses([str(v) for v in values])]
+        if not addresses or any(not addr or "@" not in addr or not _allowed(session, addr)
+                                for addr in addresses):
+            return HookResult.reply(R.wrong_identity)
         return None
+
+
+_PARSER = BytesHeaderParser()

@@ -22,6 +22,8 @@ class ValidRcptHandler:
         server = session.server
         if not server.is_local_domain(recipient.domain_lower):
             return None
+        if recipient.local.lower() in ("postmaster", "abuse"):
+            return None  # RFC 5321 §4.5.1: always accepted (James would refuse an unmapped one)
         address = str(recipient)
         try:
             users = server.users
