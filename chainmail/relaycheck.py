@@ -3,9 +3,9 @@
 A battery of classic relay tricks (percent hack, bang paths, source routes, quoted local
 parts, address literals, sender variants...).  Each trick is an envelope only: EHLO (HELO as
 fallback), ``MAIL FROM``, one ``RCPT TO`` line, then ``RSET``; no message body is ever sent.
-A 2xx reply to the ``RCPT`` line means the server took a recipient whose destination is not
-(only) local: the trick is ``ACCEPTED``.  Anything else is ``refused``; a connection problem
-is an ``error``.
+Every recipient of the battery has a final destination outside the server (or hides one in
+its local part), so a 2xx reply to the ``RCPT`` line makes the trick ``ACCEPTED``.  Any other
+reply, to ``RCPT`` or already to ``MAIL``, is ``refused``; a lost connection is an ``error``.
 
 The check never resolves a name: the target must be an IP address or ``localhost``
 (127.0.0.1), so it runs anywhere, including a network namespace without a resolver, and
@@ -161,10 +161,15 @@ def battery(local: str = "localhost", server_ip: str = "127.0.0.1", foreign: str
 
 # -- the SMTP client -----------------------------------------------------------------------
 
-def _text(message: bytes | str) -> str:
+def _lines(message: bytes | str) -> list[str]:
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
-    return " / ".join(line.strip() for line in message.splitlines() if line.strip())
+    return [line.strip() for line in message.splitlines()]
+
+
+def _text(message: bytes | str) -> str:
+    """A reply's text on one line (the lines of a multi-line reply joined by " / ")."""
+    return " / ".join(line for line in _lines(message) if line)
 
 
 class _Client:
@@ -181,7 +186,6 @@ class _Client:
     def connect(self) -> None:
         self.close()
         smtp = smtplib.SMTP(local_hostname=self.helo, timeout=self.timeout)
-        smtp._host = self.ip   # what starttls() passes as server_hostname (no SNI for an IP)
         try:
             code, msg = smtp.connect(self.ip, self.port)
         except (OSError, smtplib.SMTPException) as exc:
@@ -192,18 +196,20 @@ class _Client:
         try:
             if code != 220:
                 raise ConnectionProblem(f"{_show(self.ip, self.port)} greeted with {self.greeting}")
-            self._hello(smtp)
+            keywords = self._hello(smtp)
             if self.starttls:
-                if not smtp.has_extn("starttls"):
+                if "STARTTLS" not in keywords:
                     raise ConnectionProblem(f"{_show(self.ip, self.port)} does not offer STARTTLS")
+                code, msg = smtp.docmd("STARTTLS")
+                if code != 220:
+                    raise ConnectionProblem(f"STARTTLS refused: {code} {_text(msg)}")
                 # A self-test of one's own server: self-signed certificates are the norm and
                 # no message is sent, so the certificate is not verified.
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-                code, msg = smtp.starttls(context=context)
-                if code != 220:
-                    raise ConnectionProblem(f"STARTTLS refused: {code} {_text(msg)}")
+                smtp.sock = context.wrap_socket(smtp.sock, server_hostname=None)
+                smtp.file = None   # smtplib reads replies through a file made on demand
                 self._hello(smtp)
         except ConnectionProblem:
             _close(smtp)
@@ -213,12 +219,15 @@ class _Client:
             raise ConnectionProblem(f"{_show(self.ip, self.port)}: {_reason(exc)}") from None
         self.smtp = smtp
 
-    def _hello(self, smtp: smtplib.SMTP) -> None:
-        code, msg = smtp.ehlo(self.helo)
+    def _hello(self, smtp: smtplib.SMTP) -> set[str]:
+        """EHLO, or HELO when EHLO is refused; returns the EHLO keywords."""
+        code, msg = smtp.docmd("EHLO", self.helo)
+        if 200 <= code < 300:
+            return {line.split(" ", 1)[0].upper() for line in _lines(msg)[1:] if line}
+        code, msg = smtp.docmd("HELO", self.helo)
         if not 200 <= code < 300:
-            code, msg = smtp.helo(self.helo)
-            if not 200 <= code < 300:
-                raise ConnectionProblem(f"EHLO and HELO refused: {code} {_text(msg)}")
+            raise ConnectionProblem(f"EHLO and HELO refused: {code} {_text(msg)}")
+        return set()
 
     def command(self, line: str) -> tuple[int, str]:
         """Send ``line`` exactly as given (plus CRLF) and read the reply.  Raises
@@ -244,7 +253,7 @@ class _Client:
 
 def _close(smtp: smtplib.SMTP) -> None:
     try:
-        smtp.quit()
+        smtp.docmd("QUIT")
     except (OSError, smtplib.SMTPException):
         pass
     smtp.close()
@@ -380,8 +389,10 @@ def main(args: argparse.Namespace) -> int:
         sender = args.sender.strip()
         if sender.startswith("<") and sender.endswith(">"):
             sender = sender[1:-1]
-        if any(c in sender + args.local_domain + args.helo for c in "\r\n<> "):
-            raise UsageError("--from, --local-domain and --helo may not contain spaces, <, > or line breaks")
+        given = sender + args.local_domain + args.helo
+        if not given.isascii() or any(c in given for c in "\r\n<> "):
+            raise UsageError("--from, --local-domain and --helo must be ASCII without spaces, "
+                             "<, > or line breaks")
     except UsageError as exc:
         print(f"chainmail relaycheck: {exc}", file=sys.stderr)
         return 2
