@@ -246,3 +246,23 @@ def test_curl_ssl_reqd(chainmail_factory, material, tmp_path):
     assert result.returncode == 0, result.stderr
     [msg] = server.queued()
     assert b"via curl" in server.queued_body(msg.id)
+
+
+def test_client_certificate_required(chainmail_factory, material, tmp_path):
+    """<clientAuth> with a truststore: a client without a certificate from that CA fails the
+    handshake; one with such a certificate gets in."""
+    client_ca = trustme.CA()
+    trust = tmp_path / "clients.pem"
+    client_ca.cert_pem.write_to_path(str(trust))
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test"), "socketTLS",
+                                         f"<clientAuth><truststore>{trust}</truststore></clientAuth>"))
+    anonymous = material.client_context()
+    with pytest.raises((ssl.SSLError, ConnectionResetError, smtplib.SMTPServerDisconnected)):
+        with smtplib.SMTP_SSL("127.0.0.1", server.port, context=anonymous, timeout=10,
+                              local_hostname="client.test") as s:
+            s.noop()
+    identified = material.client_context()
+    client_ca.issue_cert("client.test").configure_cert(identified)
+    with smtplib.SMTP_SSL("127.0.0.1", server.port, context=identified, timeout=10,
+                          local_hostname="client.test") as s:
+        assert s.noop()[0] == 250
