@@ -199,6 +199,9 @@ class R:
         return Reply.of(421, f"{host} Too many authentication failures, closing connection",
                         "4.7.0", True)
 
+    # the identity provider (OIDC) could not be asked or answered with an error
+    auth_temporary_failure = Reply.of(451, "Temporary authentication failure", "4.7.0")
+
     # -- STARTTLS (RFC 3207) -------------------------------------------------------------
     tls_ready = Reply.of(220, "Ready to start TLS", "2.0.0")
     tls_already_active = Reply.of(500, "TLS already active RFC2487 5.2", "5.5.1")

@@ -1,4 +1,5 @@
-"""SMTP AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms.
+"""SMTP AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms, and OAUTHBEARER
+(RFC 7628) and XOAUTH2 for OpenID Connect bearer tokens.
 
 Policy, in ``<auth>`` of the server block:
 
@@ -12,6 +13,11 @@ Policy, in ``<auth>`` of the server block:
 
 Passwords are checked against the users repository in a worker thread (the hash is slow by
 design) and never logged.  A client that fails too often is disconnected.
+
+With ``<auth><oidc>``, the bearer-token mechanisms OAUTHBEARER and XOAUTH2 of
+:mod:`.oauth` are offered too (after LOGIN and PLAIN, as James lists them); they need TLS
+when ``requireSSL`` is true, and answer ``504`` instead of ``538`` where they are not
+available, as James does.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import trio
 from chainmail.protocol.replies import R, Reply
 from chainmail.verdict import HookResult
 
+from .oauth import MECHANISMS as OAUTH_MECHANISMS
 from .relay import auth_announced
 
 log = logging.getLogger("chainmail.auth")
@@ -35,6 +42,11 @@ PASSWORD_MECHANISMS = ("LOGIN", "PLAIN")   # James's order in EHLO
 
 def password_mechanisms(session) -> tuple[str, ...]:
     return PASSWORD_MECHANISMS if session.config.auth.plain_auth_enabled else ()
+
+
+def oauth_mechanisms(session) -> tuple:
+    """The OAuth mechanisms usable on this session (``<oidc>`` set, channel allowed)."""
+    return tuple(m for m in OAUTH_MECHANISMS if m.available(session))
 
 
 def _decode(line: str) -> bytes | None:
@@ -53,8 +65,27 @@ class AuthCmdHandler:
     commands = ("AUTH",)
     mail_parameters = ("AUTH",)
 
+    def __init__(self):
+        self._verifiers: dict = {}   # OidcConfig -> OidcVerifier (JWKS cache per server block)
+
+    def configure(self, config) -> None:
+        server = getattr(config, "server", None)
+        if server is not None and server.config.auth.oidc is not None:
+            self._verifier_for(server.config.auth.oidc)
+
+    def _verifier_for(self, oidc):
+        verifier = self._verifiers.get(oidc)
+        if verifier is None:
+            from chainmail.oidc import OidcVerifier
+            verifier = self._verifiers[oidc] = OidcVerifier(oidc)
+        return verifier
+
+    def oidc_verifier(self, session):
+        """The token verifier of this session's ``<auth><oidc>``."""
+        return self._verifier_for(session.config.auth.oidc)
+
     def ehlo_keywords(self, session):
-        mechanisms = password_mechanisms(session)
+        mechanisms = password_mechanisms(session) + tuple(m.name for m in oauth_mechanisms(session))
         if not mechanisms or not auth_announced(session):
             return None
         listed = " ".join(mechanisms)
@@ -73,6 +104,9 @@ class AuthCmdHandler:
         mechanism, _, initial = command.arg.partition(" ")
         mechanism = mechanism.upper()
         if mechanism not in password_mechanisms(session):
+            for oauth in oauth_mechanisms(session):
+                if oauth.name == mechanism:
+                    return await oauth.start(self, session, initial.strip() or None)
             return R.auth_unknown_mechanism
         if session.config.auth.require_ssl and session.tls is None:
             return R.auth_encryption_required
@@ -149,18 +183,27 @@ class AuthCmdHandler:
             log.warning("%s: AUTH %s as %r for %r refused: delegation is not allowed", session,
                         mechanism, username, authzid)
         if ok:
-            session.auth_user = name
-            session.relaying_allowed = True
-            session.state.pop("auth_failures", None)
-            log.info("%s: authenticated %s with %s", session, name, mechanism)
-            return R.auth_ok
+            return self.auth_succeeded(session, name, mechanism)
+        return self.auth_failed(session, mechanism, username)
+
+    # -- outcomes, shared by every mechanism -------------------------------------------------
+    def auth_succeeded(self, session, name: str, mechanism: str) -> Reply:
+        session.auth_user = name
+        session.relaying_allowed = True
+        session.state.pop("auth_failures", None)
+        log.info("%s: authenticated %s with %s", session, name, mechanism)
+        return R.auth_ok
+
+    def auth_failed(self, session, mechanism: str, username: str, *, aborted: bool = False) -> Reply:
+        """A refusal: counted toward :data:`MAX_FAILURES` (then 421 and close); ``aborted``
+        answers ``501 Authentication aborted`` instead of ``535``."""
         failures = session.state.get("auth_failures", 0) + 1
         session.state["auth_failures"] = failures
         log.warning("%s: AUTH %s failed for %r (%d/%d)", session, mechanism, username, failures,
                     MAX_FAILURES)
         if failures >= MAX_FAILURES:
             return R.auth_too_many_failures(session.hostname)
-        return R.auth_failed
+        return R.auth_aborted if aborted else R.auth_failed
 
 
 class AuthRequiredHook:

@@ -31,9 +31,17 @@ class RelayCheckRcptHook:
     def on_rcpt(self, session, recipient):
         if session.relaying_allowed:
             return None
-        if session.server.is_local_domain(recipient.domain_lower):
+        if session.server.is_local_domain(recipient.domain_lower) and \
+                not _routes_by_local_part(recipient.local):
             return None
         return HookResult.reply(R.auth_required if auth_announced(session) else R.relay_denied)
+
+
+def _routes_by_local_part(local: str) -> bool:
+    """Sender-specified routing (``user%remote@local``, ``remote!user@local``,
+    ``"user@remote"@local``): refused from clients that may not relay, as Postfix does with
+    ``allow_untrusted_routing = no``; a later hop could otherwise route on it."""
+    return any(c in local for c in "%!@")
 
 
 class PostmasterAbuseRcptHook:
