@@ -223,12 +223,13 @@ class Chain:
     async def verdict(self, hook: str, *args, impls: list[_Impl] | None = None) -> HookResult | None:
         """Ask handlers in chain order; return the first decided verdict (after
         ``on_hook_result`` post-processing) or None if all declined."""
+        timed = bool(self._result_hooks)
         for impl in self.hooks[hook] if impls is None else impls:
-            start = time.perf_counter()
+            start = time.perf_counter() if timed else 0.0
             result = impl.fn(*impl.args(args)) if impl.kind is SYNC else await self.call(impl, args)
             if result is None or not result.decided:
                 continue
-            if self._result_hooks:
+            if timed:
                 result = await self._post_process(args[0], hook, result, time.perf_counter() - start)
             return result
         return None

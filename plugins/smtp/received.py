@@ -6,10 +6,21 @@ reader can trust, and a lookup per connection is a cost and a dependency on outs
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
 _INDENT = "          "
+_date_cache: list = [0, ""]
+
+
+def _date() -> str:
+    """RFC 5322 date of now, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = format_datetime(datetime.fromtimestamp(now, timezone.utc).astimezone())
+    return _date_cache[1]
 
 
 def _protocol(session) -> str:
@@ -42,5 +53,5 @@ class ReceivedHeaderHandler:
             lines.append(f"{_INDENT}for <{recipients[0]}>;")
         else:
             lines.append(by + ";")
-        lines.append(_INDENT + format_datetime(datetime.now(timezone.utc).astimezone()))
+        lines.append(_INDENT + _date())
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

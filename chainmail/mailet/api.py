@@ -1,0 +1,482 @@
+"""The mailet author's contract: :class:`Mail`, matchers, mailets and their configuration.
+
+James's mailet API, in Python:
+
+- a **matcher** looks at a :class:`Mail` and returns the recipients it matches (a subset of
+  ``mail.recipients``; ``None`` or empty = no match);
+- a **mailet** services a :class:`Mail`: it may change its content, attributes, recipients
+  or state, hand it on (``context.send_mail``), deliver it, store it, or drop it
+  (``mail.state = GHOST``).
+
+Both are found through entry points (``chainmail.matchers``, ``chainmail.mailets``), made
+once per ``<mailet>`` element, and given their configuration in ``init(config)``.
+``match`` and ``service`` may be plain functions (called inline on the event loop: keep
+them fast), ``async def`` (run on trio), or plain functions with ``runs_on = "thread"``
+on the class (blocking work, run in a worker thread bounded by the container's limiter).
+
+See ``docs/mailets.md`` for a walk-through.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import itertools
+import re
+from dataclasses import dataclass, field
+from email.header import Header
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Protocol, runtime_checkable
+
+from ..config.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import MailetContext
+
+__all__ = [
+    "ROOT", "TRANSPORT", "ERROR", "GHOST",
+    "ATTR_SENT_BY_MAILET", "ATTR_ERROR", "ATTR_HOPS",
+    "Mail", "MailetConfig", "MatcherConfig", "Matcher", "Mailet",
+    "GenericMatcher", "GenericRecipientMatcher", "GenericMailet", "MailetError",
+    "parse_bool",
+]
+
+#: Processor names with a meaning of their own.
+ROOT = "root"
+TRANSPORT = "transport"
+ERROR = "error"
+GHOST = "ghost"  # not a processor: the mail is finished
+
+#: Attribute set on mail sent by a mailet (``context.send_mail``): matcher ``SentByMailet``.
+ATTR_SENT_BY_MAILET = "sent_by_mailet"
+#: Attributes the container keeps in the spool envelope.
+ATTR_ERROR = "chainmail.error_message"
+ATTR_HOPS = "chainmail.hops"
+ATTR_RETRY_AT = "chainmail.retry_at"
+
+_names = itertools.count(1)
+
+
+class MailetError(Exception):
+    """A mailet or matcher cannot do its work; the message becomes the mail's error message."""
+
+
+# ---------------------------------------------------------------------------------- headers
+
+_WSP = (0x20, 0x09)
+
+
+def _head_end(content: bytes) -> int:
+    """Offset of the end of the header section (where the empty line, if any, starts)."""
+    if content[:1] == b"\n" or content[:2] == b"\r\n":
+        return 0
+    ends = [i + 1 for i in (content.find(b"\n\r\n"), content.find(b"\n\n")) if i >= 0]
+    return min(ends) if ends else len(content)
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """The header section split into fields (each with its continuation lines and line ends)."""
+    out: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if out and line[:1] in (b" ", b"\t"):
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
+
+
+def _field_name(raw: bytes) -> str:
+    return raw.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+
+def _field_value(raw: bytes) -> str:
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    value = re.sub(rb"\r?\n(?=[ \t])", b"", value)
+    return value.strip().decode("utf-8", "surrogateescape")
+
+
+def encode_header_value(value: str, name: str = "") -> str:
+    """``value`` as it may appear in a header: RFC 2047 encoded if it is not ASCII."""
+    if value.isascii():
+        return value.replace("\r", " ").replace("\n", " ")
+    return Header(value, "utf-8", header_name=name).encode()
+
+
+# ------------------------------------------------------------------------------------- Mail
+
+
+class Mail:
+    """One mail in the container: envelope, content, attributes and processing state.
+
+    ``content`` is the message exactly as received (header section, empty line, body; CRLF
+    line ends).  The header helpers edit the header section in place and leave the body
+    bytes untouched; :attr:`message` parses the whole message (``email`` package) for
+    mailets that need MIME structure, and :meth:`set_message` replaces it.
+
+    ``attributes`` travel with the mail through the spool: keep them JSON-serialisable.
+    The SMTP server records ``remote_addr``, ``remote_port``, ``helo``, ``helo_mode``,
+    ``server_name``, ``relaying_allowed``, ``auth_user`` (after AUTH), ``tls_protocol``.
+    """
+
+    __slots__ = ("name", "sender", "recipients", "state", "attributes", "error_message",
+                 "mail_params", "rcpt_params", "queued_at", "error_count", "hops",
+                 "_content", "_message", "trace")
+
+    def __init__(self, name: str | None, sender: str, recipients: Iterable[str], content: bytes,
+                 *, state: str = ROOT, attributes: Mapping[str, Any] | None = None,
+                 error_message: str | None = None, mail_params: Mapping[str, Any] | None = None,
+                 rcpt_params: Iterable[Mapping[str, Any]] | None = None, queued_at: float = 0.0,
+                 error_count: int = 0, hops: int = 0) -> None:
+        self.name = name or f"mail-{next(_names)}"
+        self.sender = sender or ""
+        self.recipients: list[str] = list(recipients)
+        self.state = state
+        self.attributes: dict[str, Any] = dict(attributes or {})
+        self.error_message = error_message
+        self.mail_params: dict[str, Any] = dict(mail_params or {})
+        self.rcpt_params: list[dict[str, Any]] = [dict(p) for p in (rcpt_params or ())]
+        self.queued_at = queued_at
+        self.error_count = error_count
+        self.hops = hops
+        self._content = bytes(content)
+        self._message = None
+        self.trace: list[str] = []  # processors visited (for logs and tests; not persisted)
+
+    # -- envelope
+
+    @property
+    def has_null_sender(self) -> bool:
+        """``MAIL FROM:<>`` (bounces, notifications)."""
+        return not self.sender
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender.rpartition("@")[2].lower() if self.sender else ""
+
+    @property
+    def remote_addr(self) -> str | None:
+        return self.attributes.get("remote_addr")
+
+    @property
+    def remote_host(self) -> str | None:
+        """The client's HELO name (chainmail does no reverse-DNS lookups)."""
+        return self.attributes.get("helo")
+
+    @property
+    def auth_user(self) -> str | None:
+        return self.attributes.get("auth_user")
+
+    # -- content
+
+    @property
+    def content(self) -> bytes:
+        return self._content
+
+    def set_content(self, content: bytes) -> None:
+        self._content = bytes(content)
+        self._message = None
+
+    @property
+    def size(self) -> int:
+        return len(self._content)
+
+    @property
+    def head(self) -> bytes:
+        """The header section (without the empty line that ends it)."""
+        return self._content[:_head_end(self._content)]
+
+    @property
+    def body(self) -> bytes:
+        """Everything after the empty line that ends the header section."""
+        content = self._content
+        end = _head_end(content)
+        rest = content[end:]
+        if rest.startswith(b"\r\n"):
+            return rest[2:]
+        if rest.startswith(b"\n"):
+            return rest[1:]
+        return b""
+
+    def _line_end(self) -> bytes:
+        head = self.head
+        return b"\n" if head and b"\r\n" not in head and b"\n" in head else b"\r\n"
+
+    def header_fields(self) -> list[tuple[str, str]]:
+        """Every header field as ``(name, unfolded value)``, in order (names as written)."""
+        out = []
+        for raw in _fields(self.head):
+            name = raw.split(b":", 1)[0].strip().decode("ascii", "replace")
+            out.append((name, _field_value(raw)))
+        return out
+
+    def get_headers(self, name: str) -> list[str]:
+        """The unfolded values of every ``name`` field (case-insensitive), raw (not decoded)."""
+        key = name.lower()
+        return [_field_value(raw) for raw in _fields(self.head) if _field_name(raw) == key]
+
+    def get_header(self, name: str, default: str | None = None) -> str | None:
+        values = self.get_headers(name)
+        return values[0] if values else default
+
+    def has_header(self, name: str) -> bool:
+        key = name.lower()
+        return any(_field_name(raw) == key for raw in _fields(self.head))
+
+    def _rebuild(self, fields: list[bytes]) -> None:
+        content = self._content
+        end = _head_end(content)
+        rest = content[end:]
+        if not rest and fields:
+            rest = self._line_end()  # a message without body still needs the empty line
+        self.set_content(b"".join(fields) + rest)
+
+    def _field(self, name: str, value: str) -> bytes:
+        text = f"{name}: {encode_header_value(value, name)}"
+        return text.encode("utf-8", "surrogateescape") + self._line_end()
+
+    def add_header(self, name: str, value: str, *, top: bool | None = None) -> None:
+        """Add a field.  Like JavaMail: ``Received`` and ``Return-Path`` (or ``top=True``) go
+        on top, others after the last field of the same name, else at the end."""
+        fields = _fields(self.head)
+        new = self._field(name, value)
+        key = name.lower()
+        if top is None:
+            top = key in ("received", "return-path")
+        if top:
+            fields.insert(0, new)
+        else:
+            last = max((i for i, raw in enumerate(fields) if _field_name(raw) == key), default=None)
+            fields.insert(len(fields) if last is None else last + 1, new)
+        self._rebuild(fields)
+
+    def set_header(self, name: str, value: str) -> None:
+        """Replace the first ``name`` field (remove the others); add it if there is none."""
+        fields = _fields(self.head)
+        key = name.lower()
+        new = self._field(name, value)
+        out: list[bytes] = []
+        done = False
+        for raw in fields:
+            if _field_name(raw) == key:
+                if not done:
+                    out.append(new)
+                    done = True
+                continue
+            out.append(raw)
+        if not done:
+            out.append(new)
+        self._rebuild(out)
+
+    def remove_header(self, name: str) -> int:
+        """Remove every ``name`` field; return how many there were."""
+        fields = _fields(self.head)
+        key = name.lower()
+        kept = [raw for raw in fields if _field_name(raw) != key]
+        removed = len(fields) - len(kept)
+        if removed:
+            self._rebuild(kept)
+        return removed
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        """The parsed message (``email.policy.default``).  Treat it as read-only: change it
+        and call :meth:`set_message`, or use the header helpers."""
+        if self._message is None:
+            self._message = email.message_from_bytes(self._content, policy=email.policy.default)
+        return self._message
+
+    def set_message(self, message: email.message.Message) -> None:
+        self.set_content(message.as_bytes(policy=email.policy.default.clone(linesep="\r\n")))
+
+    # -- copies
+
+    def duplicate(self, recipients: Iterable[str] | None = None, name: str | None = None) -> Mail:
+        """A copy (content shared: it is immutable bytes) with its own recipients, attributes
+        and state.  Used when a matcher matches only some recipients."""
+        copy = Mail(name or f"{self.name}-{next(_names)}", self.sender,
+                    self.recipients if recipients is None else recipients, self._content,
+                    state=self.state, attributes=_copy_attributes(self.attributes),
+                    error_message=self.error_message, mail_params=self.mail_params,
+                    rcpt_params=self.rcpt_params, queued_at=self.queued_at,
+                    error_count=self.error_count, hops=self.hops)
+        copy._message = None
+        copy.trace = list(self.trace)
+        return copy
+
+    def __repr__(self) -> str:
+        return (f"<Mail {self.name} state={self.state} from=<{self.sender}> "
+                f"to={len(self.recipients)} size={self.size}>")
+
+
+def _copy_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    import copy
+    return copy.deepcopy(dict(attributes))
+
+
+# ------------------------------------------------------------------------------- configuration
+
+
+def parse_bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "yes", "1"):
+        return True
+    if v in ("false", "no", "0"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean; expected true or false")
+
+
+@dataclass(frozen=True)
+class MailetConfig:
+    """What a mailet gets in ``init()``: its own ``<mailet>`` element's parameters.
+
+    Parameters are the child elements (dotted names for nested ones, repeated elements
+    joined with ``,``).  The typed getters raise :class:`ConfigError` naming file and line.
+    """
+
+    name: str                      # the class as written in the XML
+    params: Mapping[str, str]
+    context: Any = field(default=None, repr=False)   # MailetContext
+    processor: str = ""
+    file: str = ""
+    line: int | None = None
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = self.params.get(key)
+        return default if value is None else value
+
+    def require(self, key: str) -> str:
+        value = self.params.get(key)
+        if value is None or not value.strip():
+            raise self.error(key, "is required")
+        return value
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line, f"mailet {self.name}: {key}", message)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self.params.get(key)
+        if value is None or not value.strip():
+            return default
+        try:
+            return parse_bool(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def get_int(self, key: str, default: int, minimum: int | None = 0) -> int:
+        value = self.params.get(key)
+        if value is None or not value.strip():
+            return default
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise self.error(key, f"{value!r} is not an integer") from None
+        if minimum is not None and number < minimum:
+            raise self.error(key, f"{number} is below the minimum {minimum}")
+        return number
+
+    def get_list(self, key: str, default: Iterable[str] = ()) -> list[str]:
+        """A comma-separated list (blanks around items ignored, empty items dropped)."""
+        value = self.params.get(key)
+        if value is None:
+            return list(default)
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    """What a matcher gets in ``init()``: ``Name=condition`` as written after ``match=``."""
+
+    name: str
+    condition: str | None
+    context: Any = field(default=None, repr=False)
+    processor: str = ""
+    file: str = ""
+    line: int | None = None
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line, f"matcher {self.name}", message)
+
+    def require_condition(self) -> str:
+        if not self.condition or not self.condition.strip():
+            raise self.error(f"needs a condition: write match=\"{self.name}=...\"")
+        return self.condition.strip()
+
+
+EMPTY_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
+# -------------------------------------------------------------------------------- protocols
+
+
+@runtime_checkable
+class Matcher(Protocol):
+    def init(self, config: MatcherConfig) -> None: ...
+
+    def match(self, mail: Mail) -> Collection[str] | None: ...
+
+
+@runtime_checkable
+class Mailet(Protocol):
+    def init(self, config: MailetConfig) -> None: ...
+
+    def service(self, mail: Mail) -> None: ...
+
+
+class GenericMatcher:
+    """Base class: keeps the configuration; override :meth:`match` (sync or ``async``)."""
+
+    config: MatcherConfig
+    context: "MailetContext"
+
+    def init(self, config: MatcherConfig) -> None:
+        self.config = config
+        self.context = config.context
+        self.configure(config.condition)
+
+    def configure(self, condition: str | None) -> None:
+        """Called by ``init`` with the condition; raise ``self.config.error(...)`` if invalid."""
+
+    @property
+    def condition(self) -> str | None:
+        return self.config.condition
+
+    def match(self, mail: Mail) -> Collection[str] | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        pass
+
+
+class GenericRecipientMatcher(GenericMatcher):
+    """A matcher that decides recipient by recipient: override :meth:`match_recipient`."""
+
+    def match(self, mail: Mail) -> list[str]:
+        return [r for r in mail.recipients if self.match_recipient(r)]
+
+    def match_recipient(self, recipient: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GenericMailet:
+    """Base class: keeps the configuration; override :meth:`service` (sync or ``async``)."""
+
+    config: MailetConfig
+    context: "MailetContext"
+
+    def init(self, config: MailetConfig) -> None:
+        self.config = config
+        self.context = config.context
+        self.configure(config)
+
+    def configure(self, config: MailetConfig) -> None:
+        """Called by ``init``: read parameters here (``config.get``, ``get_bool`` ...)."""
+
+    def service(self, mail: Mail) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        pass
+
+    @property
+    def info(self) -> str:
+        return type(self).__doc__.strip().splitlines()[0] if type(self).__doc__ else type(self).__name__
