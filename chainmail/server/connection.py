@@ -337,6 +337,11 @@ class SessionRunner:
                     continue
             elif type(event) is EndOfData:
                 reply = await self._end_of_data(event)
+                if type(reply) is not Reply:
+                    # LMTP (RFC 2033): one complete reply per accepted recipient.
+                    for each in reply[:-1]:
+                        self.queue(each)
+                    reply = reply[-1]
             elif event is CLOSED:
                 return
             elif type(event) is engine.LineTooLong:
@@ -407,7 +412,7 @@ class SessionRunner:
                 session.data_receiver = None
         return reply
 
-    async def _end_of_data(self, end) -> Reply:
+    async def _end_of_data(self, end) -> "Reply | list[Reply]":
         session = self.session
         receiver = session.data_receiver
         session.data_receiver = None
