@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import trio
 from joserfc import jwk, jws, jwt
-from joserfc.errors import BadSignatureError, ExpiredTokenError, JoseError, MissingClaimError
+from joserfc.errors import BadSignatureError, ExpiredTokenError, JoseError
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
@@ -101,6 +101,10 @@ class HttpClient:
                  transport: "httpx.AsyncBaseTransport | None" = None):
         import httpx  # noqa: F401 - loaded with the configuration, not on the event loop
 
+        # httpx logs every request at INFO; the outcomes are logged here, once.
+        for name in ("httpx", "httpcore"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.timeout = timeout
         self.transport = transport
         self._ssl: ssl.SSLContext | None = None
@@ -121,6 +125,7 @@ class HttpClient:
             with trio.fail_after(self.timeout):
                 async with httpx.AsyncClient(timeout=self.timeout, verify=verify,
                                              transport=self.transport,
+                                             trust_env=self.transport is None,
                                              follow_redirects=False) as client:
                     async with client.stream(method, url, headers=headers, data=data) as response:
                         body = bytearray()
@@ -253,6 +258,10 @@ def _candidates(keys: list[Any], kid: str | None, alg: str) -> list[Any]:
     return out
 
 
+def _reason(exc: JoseError) -> str:
+    return getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+
+
 # -- the verifier ---------------------------------------------------------------------------
 class OidcVerifier:
     """Validates bearer tokens for one ``OidcConfig``.  Holds that server's JWKS cache."""
@@ -298,21 +307,21 @@ class OidcVerifier:
             raise InvalidToken("kid is not a string")
         keys = await self.jwks.current()
         candidates = _candidates(keys, kid, alg)
-        if not candidates and kid is not None:
+        if not candidates and kid is not None and all(k.kid != kid for k in keys):
             fresh = await self.jwks.refetch()
             if fresh is None:
                 raise InvalidToken(f"unknown kid {kid!r} (JWKS fetched less than "
                                    f"{self.jwks.floor:g} s ago)")
             candidates = _candidates(fresh, kid, alg)
         if not candidates:
-            raise InvalidToken(f"no {alg} key in the JWKS" + (f" with kid {kid!r}" if kid else ""))
+            raise InvalidToken(f"no key for {alg} in the JWKS" + (f" with kid {kid!r}" if kid else ""))
         for key in candidates:
             try:
                 return jwt.decode(value, key, algorithms=[alg]).claims
             except BadSignatureError:
                 continue
             except JoseError as exc:
-                raise InvalidToken(f"{type(exc).__name__}: {exc}") from None
+                raise InvalidToken(_reason(exc)) from None
         raise InvalidToken("bad signature")
 
     def _validate_claims(self, claims: dict[str, Any]) -> str:
@@ -325,10 +334,8 @@ class OidcVerifier:
             registry.validate(claims)
         except ExpiredTokenError:
             raise InvalidToken("expired") from None
-        except MissingClaimError as exc:
-            raise InvalidToken(f"missing claim {exc.description or exc}") from None
         except JoseError as exc:
-            raise InvalidToken(f"{type(exc).__name__}: {exc}") from None
+            raise InvalidToken(_reason(exc)) from None
         user = claims.get(config.claim)
         if not isinstance(user, str) or not user.strip():
             raise InvalidToken(f"no {config.claim!r} claim")
