@@ -277,6 +277,7 @@ class ChainmailPeer(Peer):
         super().__init__()
         # an executable, or a command such as "<venv>/bin/python -m chainmail"
         self.argv = shlex.split(command)
+        self._base: int | None = None
 
     def available(self) -> str | None:
         exe = self.argv[0] if self.argv else ""
@@ -318,30 +319,28 @@ class ChainmailPeer(Peer):
     def command(self) -> list[str]:
         return [*self.argv, "run", "--conf", str(self.dir / "conf"), "--var", str(self.var)]
 
-    def _spooled(self) -> list[Path]:
-        # chainmail's directory spool keeps one file per accepted message in <var>/spool/queue/
-        # and in-flight ones in <var>/spool/tmp/. Count every regular file under <var>/spool
-        # except "tmp" directories and hidden or lock files, so that messages moved on to other
-        # spool states are still counted. A whole multiple of the messages sent is accepted
-        # too (see one_run), in case a layout keeps several files per message.
-        out = []
-        if not self.spool.is_dir():
-            return out
-        for root, dirs, files in os.walk(self.spool):
-            dirs[:] = [d for d in dirs if d != "tmp" and not d.startswith(".")]
-            out.extend(Path(root, f) for f in files
-                       if not f.startswith(".") and not f.endswith(".lock"))
-        return out
+    def _queued(self) -> int | None:
+        # chainmail keeps small messages as records in segment files under <var>/spool/segments/
+        # (and only large ones as files in <var>/spool/queue/), so files are not messages:
+        # count them with `chainmail queue list`, which reads the spool as the server wrote it.
+        # Outside the timed part of a run, and not a child of the server (no CPU charged to it).
+        try:
+            r = subprocess.run([*self.argv, "queue", "list", "--var", str(self.var)],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        last = r.stdout.strip().splitlines()[-1:] if r.returncode == 0 else []
+        if not last or not last[0].endswith(" message(s) queued"):
+            return None
+        return int(last[0].split()[0])
 
     def accepted(self) -> int | None:
-        return len(self._spooled())
+        # Messages queued since reset(): the spool is never edited behind the running server.
+        now = self._queued()
+        return None if now is None or self._base is None else now - self._base
 
     def reset(self) -> None:
-        for p in self._spooled():
-            try:
-                p.unlink()
-            except OSError:
-                pass
+        self._base = self._queued()
 
     def stop(self) -> None:
         super().stop()

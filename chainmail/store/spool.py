@@ -18,7 +18,6 @@ Two places hold accepted messages:
 Layout under the spool root::
 
     segments/<seq, 16 hex>.log  records: messages (kind M) and removals (kind D)
-    segments/.lock              serialises segment creation and deletion between processes
     tmp/<id>                    a large message being received
     queue/<id>                  a large message, accepted
 
@@ -43,7 +42,6 @@ See docs/storage.md.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import io
 import json
@@ -351,12 +349,13 @@ class _ChunkReader:
         return memoryview(self._buf)[:n]
 
 
-_OK, _INCOMPLETE, _BAD_HEAD, _BAD_BODY = range(4)
+_OK, _INCOMPLETE, _BAD_HEAD, _BAD_META, _BAD_BODY = range(5)
 
 
 def _read_record(reader: _ChunkReader, pos: int) -> tuple[int, _Record | None]:
     """Check the record at ``pos``: (status, record).  The record is given for
-    ``_OK`` and ``_BAD_BODY`` (whose header, and so its length, can be trusted)."""
+    ``_OK``, for ``_BAD_BODY`` (its header, and so its length, can be trusted) and
+    for ``_BAD_META`` (the head CRC failed: its length is only a guess)."""
     if reader.size - pos < _HEAD_LEN:
         return _INCOMPLETE, None
     head = reader.get(pos, _HEAD_LEN)
@@ -367,9 +366,9 @@ def _read_record(reader: _ChunkReader, pos: int) -> tuple[int, _Record | None]:
     if pos + _HEAD_LEN + meta_len > reader.size:
         return _INCOMPLETE, None
     meta = reader.get(pos + _HEAD_LEN, meta_len)
-    if zlib.crc32(meta, zlib.crc32(head[: _HEAD.size])) != head_crc:
-        return _BAD_HEAD, None
     record = _Record(kind, msg_id, ref, pos, meta_len, body_len, body_crc)
+    if zlib.crc32(meta, zlib.crc32(head[: _HEAD.size])) != head_crc:
+        return (_BAD_META, record) if record.end <= reader.size else (_BAD_HEAD, None)
     if record.end > reader.size:
         return _INCOMPLETE, None
     if kind == _KIND_REMOVED and (meta_len or body_len):
@@ -637,7 +636,7 @@ class DirectorySpool:
         # segment log
         self._lock = threading.Lock()  # appends, the index and segment bookkeeping
         self._scan_lock = threading.Lock()  # one scan of other writers' segments at a time
-        self._dir_mutex = threading.Lock()  # with the .lock file: segment creation and deletion
+        self._dir_mutex = threading.Lock()  # with an flock on segments/: creation and deletion
         self._lock_fd: int | None = None
         self._segments: dict[int, _Segment] = {}
         self._current: _Segment | None = None
@@ -983,6 +982,18 @@ class DirectorySpool:
                     )
                     pos = record.end
                     continue
+                if status == _BAD_META:
+                    # Its length is believed only if the next record starts where
+                    # it says it ends.
+                    assert record is not None
+                    if _read_record(reader, record.end)[0] in (_OK, _BAD_BODY):
+                        log.warning(
+                            "%s: skipping damaged record (message %s?) at offset %d: "
+                            "header CRC mismatch", seg.path, record.id, pos,
+                        )
+                        pos = record.end
+                        continue
+                    status = _BAD_HEAD
                 if pos < reader.size:
                     found = _find_record_after(reader, pos) if status == _BAD_HEAD else None
                     if found is None:
@@ -1279,7 +1290,7 @@ class DirectorySpool:
                             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         except BlockingIOError:
                             break  # another process still writes it
-                        if not seg.own and (not seg.final or os.fstat(fd).st_size != seg.end):
+                        if not seg.final:
                             break  # not read to its end yet: it may hold a message
                         if seg.damaged:
                             os.rename(seg.path, seg.path + ".damaged")
@@ -1339,8 +1350,8 @@ class DirectorySpool:
 
 class _DirLock:
     """Exclusive use of ``segments/`` for creating or deleting a segment: a mutex
-    between this instance's threads, and an flock on ``segments/.lock`` between
-    processes."""
+    between this instance's threads, and an flock on the ``segments/`` directory
+    itself between processes."""
 
     __slots__ = ("spool",)
 
@@ -1352,10 +1363,7 @@ class _DirLock:
         spool._dir_mutex.acquire()
         try:
             if spool._lock_fd is None:
-                spool._lock_fd = os.open(
-                    os.path.join(spool.segments_dir, ".lock"),
-                    os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600,
-                )
+                spool._lock_fd = os.open(spool.segments_dir, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
             fcntl.flock(spool._lock_fd, fcntl.LOCK_EX)
         except BaseException:
             spool._dir_mutex.release()
