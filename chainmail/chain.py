@@ -22,7 +22,7 @@ import pluggy
 import trio
 
 from .config.errors import ConfigError
-from .hookspecs import COLLECTING_HOOKS, VERDICT_HOOKS, HandlerSpec
+from .hookspecs import COLLECTING_HOOKS, HandlerSpec
 from .protocol.replies import Reply
 from .verdict import HookResult
 
@@ -32,7 +32,8 @@ __all__ = ["ENTRY_POINT_GROUP", "HandlersPackage", "HandlerConfig", "Chain", "Ch
 log = logging.getLogger("chainmail.chain")
 
 ENTRY_POINT_GROUP = "chainmail.handlers"
-HOOK_NAMES = tuple(n for n in dir(HandlerSpec) if n.startswith("on_") or n in COLLECTING_HOOKS)
+HOOK_NAMES = tuple(n for n in dir(HandlerSpec)
+                   if n.startswith("on_") or n in COLLECTING_HOOKS or n == "deliver_to_recipient")
 
 
 class HandlersPackage:

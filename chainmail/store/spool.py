@@ -41,7 +41,6 @@ See docs/storage.md.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import io
 import json
@@ -124,7 +123,12 @@ class Envelope:
     error_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Written for each message: json.dumps serialises the nested containers itself, so
+        # no deep copy (dataclasses.asdict) is needed.
+        return {"sender": self.sender, "recipients": self.recipients,
+                "mail_params": self.mail_params, "rcpt_params": self.rcpt_params,
+                "attributes": self.attributes, "state": self.state,
+                "error_count": self.error_count}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Envelope:
