@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     qsub = queue.add_subparsers(dest="action", required=True)
     qsub.add_parser("list", parents=[common])
     cli_accounts.add_subcommands(sub, common)
+    from .mailet import cli as mailet_cli
+    mailet_cli.add_subcommands(sub, common)
     relaycheck = sub.add_parser("relaycheck", parents=[common],
                                 help="open-relay self-test: run relay tricks against an SMTP server")
     relaycheck.add_argument("target", metavar="HOST:PORT",
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             return _keystore(conf)
         if args.command in ("user", "alias"):
             return cli_accounts.run(args, conf, var)
+        if args.command in ("repository", "quota"):
+            from .mailet import cli as mailet_cli
+            return mailet_cli.run(args, conf, var)
         if args.command == "relaycheck":
             from .relaycheck import main as relaycheck_main
             return relaycheck_main(args)
@@ -146,22 +151,50 @@ def _run(conf: str, var: str, grace_period: float) -> int:
     if not contexts:
         print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
         return 2
+    container = _container(conf, var, config, spool, domains, users, rrt)
+    if container is not None:
+        mailboxes = container.mailboxes
+    else:
+        from .store.mailbox import MaildirStore
+        mailboxes = MaildirStore(os.path.join(var, "mail"), db)
     for ctx in contexts:
+        ctx.mailboxes = mailboxes  # LMTP delivers into these directly
         c = ctx.config
         log.info("%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
                  "maxExecutorCount %s (one process; worker processes are not used yet)",
                  c.kind, c.name, ctx.hostname, c.io_worker_count, c.boss_worker_count,
                  c.max_executor_count)
     try:
-        trio.run(lambda: run_servers(contexts, grace_period=grace_period, spool=spool))
+        trio.run(lambda: run_servers(contexts, grace_period=grace_period, spool=spool,
+                                     spooler=container.spooler if container else None))
     except OSError as exc:
         print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        if container is not None:
+            container.close()
+        else:
+            mailboxes.close()
         users.close()
         rrt.close()
         domains.close()
     return 0
+
+
+def _container(conf: str, var: str, config, spool, domains, users, rrt):
+    """The mailet container of ``conf/mailetcontainer.xml``; None (mail stays spooled) without it."""
+    from .mailet import build_container
+    from .mailet.config import FILE, load_mailetcontainer
+    path = os.path.join(conf, FILE)
+    mc = load_mailetcontainer(path)
+    if mc is None:
+        log.info("no mailet container is configured (%s not found): accepted mail stays in "
+                 "the spool", path)
+        return None
+    for warning in mc.warnings:
+        log.warning("%s", warning)
+    return build_container(mc, var=var, spool=spool, domains=domains, users=users, rrt=rrt,
+                           servers=config.servers)
 
 
 def _check_config(conf: str, var: str) -> int:
@@ -185,6 +218,9 @@ def _check_config(conf: str, var: str) -> int:
         print("  handler chain, in call order:")
         for i, line in enumerate(chain.describe(), 1):
             print(f"    {i:2d}. {line}")
+    from .mailet.cli import describe_container
+    for line in describe_container(conf, var):
+        print(line)
     for warning in config.warnings:
         print(str(warning))
     return 0
@@ -239,11 +275,14 @@ def _queue(var: str) -> int:
     spool = _spool(var)
     now = time.time()
     messages = spool.list()
-    print(f"{'ID':<32} {'AGE':>8} {'SIZE':>10}  SENDER -> RECIPIENTS")
+    print(f"{'ID':<32} {'AGE':>8} {'SIZE':>10} {'STATE':<16} {'TRIES':>5}  SENDER -> RECIPIENTS")
     for m in messages:
         env = m.envelope
-        print(f"{m.id:<32} {_age(now - m.queued_at):>8} {m.size:>10}  <{env.sender}> -> "
-              + ", ".join(f"<{r}>" for r in env.recipients))
+        error = env.attributes.get("chainmail.error_message")
+        print(f"{m.id:<32} {_age(now - m.queued_at):>8} {m.size:>10} {env.state:<16} "
+              f"{env.error_count:>5}  <{env.sender}> -> "
+              + ", ".join(f"<{r}>" for r in env.recipients)
+              + (f"  ({error})" if error else ""))
     print(f"{len(messages)} message(s) queued")
     return 0
 

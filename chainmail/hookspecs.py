@@ -100,6 +100,14 @@ class HandlerSpec:
         writer).  The first decided verdict becomes the reply to DATA; the core spool
         hand-off is itself the last ``on_message`` hook, answering ``250 2.6.0``."""
 
+    @hookspec
+    def deliver_to_recipient(self, session, recipient, message):
+        """LMTP: deliver the received ``message`` to one accepted ``recipient`` (verdict).
+        Asked per recipient, in RCPT order; the first decided verdict is that recipient's
+        reply (OK gives ``250 2.6.0 Message received <r>``).  Nobody answering gives
+        ``451 4.0.0``.  The core LMTP chain delivers into the recipient's Maildir; a handler
+        listed before it can deliver elsewhere."""
+
     # -- others --------------------------------------------------------------------------
     @hookspec
     def on_unknown(self, session, command):
@@ -118,5 +126,5 @@ class HandlerSpec:
 
 
 VERDICT_HOOKS = ("on_connect", "on_helo", "on_mail", "on_mail_parameter", "on_rcpt",
-                 "on_message", "on_unknown", "on_quit")
+                 "on_message", "deliver_to_recipient", "on_unknown", "on_quit")
 COLLECTING_HOOKS = ("ehlo_keywords", "prepend_headers", "on_disconnect")

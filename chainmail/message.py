@@ -18,7 +18,8 @@ class IncomingMessage:
     the DATA reply.
     """
 
-    __slots__ = ("session", "transaction", "writer", "size", "queue_id", "attributes", "head")
+    __slots__ = ("session", "transaction", "writer", "size", "queue_id", "attributes", "head",
+                 "body_file")
 
     def __init__(self, session: "Session", transaction: "Transaction", writer: Any, size: int):
         self.session = session
@@ -29,6 +30,15 @@ class IncomingMessage:
         self.attributes: dict[str, Any] = {}
         self.head = b""
         """The client's header section (up to 64 KiB), for header checks."""
+        self.body_file = None
+        """LMTP: the received message (prepended headers included), readable from the start."""
+
+    def read(self) -> bytes:
+        """The whole message (LMTP delivery hooks)."""
+        if self.body_file is None:
+            raise RuntimeError("the message body is only readable during LMTP delivery")
+        self.body_file.seek(0)
+        return self.body_file.read()
 
     @property
     def sender(self):

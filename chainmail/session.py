@@ -71,7 +71,8 @@ class Session:
         self.helo_name: str | None = None
         self.tls: TLSInfo | None = None
         self.auth_user: str | None = None
-        self.relaying_allowed = server.config.authorized_addresses.contains(self.remote_ip)
+        # LMTP never relays (RFC 2033 §4: it is for final delivery).
+        self.relaying_allowed = not lmtp and server.config.authorized_addresses.contains(self.remote_ip)
         self.transaction = Transaction()
         self.state: dict[str, Any] = {}
         """Handlers' own per-connection data."""
@@ -112,7 +113,8 @@ class Session:
         self.line_handler = None
         self.transaction = Transaction()
         self.state.clear()
-        self.relaying_allowed = self.server.config.authorized_addresses.contains(self.remote_ip)
+        self.relaying_allowed = not self.lmtp and \
+            self.server.config.authorized_addresses.contains(self.remote_ip)
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.remote_ip}:{self.remote_port}>"

@@ -125,7 +125,7 @@ class Mail:
     def __init__(self, name: str | None, sender: str, recipients: Iterable[str], content: bytes,
                  *, state: str = ROOT, attributes: Mapping[str, Any] | None = None,
                  error_message: str | None = None, mail_params: Mapping[str, Any] | None = None,
-                 rcpt_params: Iterable[Mapping[str, Any]] | None = None, queued_at: float = 0.0,
+                 rcpt_params: Mapping[str, Mapping[str, Any]] | None = None, queued_at: float = 0.0,
                  error_count: int = 0, hops: int = 0) -> None:
         self.name = name or f"mail-{next(_names)}"
         self.sender = sender or ""
@@ -134,7 +134,9 @@ class Mail:
         self.attributes: dict[str, Any] = dict(attributes or {})
         self.error_message = error_message
         self.mail_params: dict[str, Any] = dict(mail_params or {})
-        self.rcpt_params: list[dict[str, Any]] = [dict(p) for p in (rcpt_params or ())]
+        #: RCPT parameters (``NOTIFY``, ``ORCPT`` ...) by recipient address.
+        self.rcpt_params: dict[str, dict[str, Any]] = {
+            r: dict(p) for r, p in (rcpt_params or {}).items()}
         self.queued_at = queued_at
         self.error_count = error_count
         self.hops = hops

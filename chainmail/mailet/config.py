@@ -29,7 +29,7 @@ from typing import Mapping, Union
 
 from lxml import etree
 
-from ..config.errors import ConfigError, ConfigWarning
+from ..config.errors import ConfigWarning
 from ..config.xml import Reader, children_named, elements, first_child, parse_file, text_of
 
 __all__ = ["FILE", "DEFAULT_THREADS", "DEFAULT_ERROR_REPOSITORY", "MatcherRef",
@@ -265,12 +265,3 @@ def _mailet(reader: Reader, el: etree._Element) -> MailetEntry:
                        on_mailet_exception=on_mailet, on_match_exception=on_match,
                        line=el.sourceline)
 
-
-def check_states(config: MailetContainerConfig, used: Mapping[str, tuple[int | None, str]]) -> None:
-    """Raise a ConfigError for a state named by the configuration that no processor has."""
-    states = set(config.states) | {"ghost", "propagate", "ignore", "matchall", "nomatch"}
-    for state, (line, what) in used.items():
-        if state not in states:
-            raise ConfigError(config.file, line, what,
-                              f"no processor named {state!r}; the processors are "
-                              + ", ".join(config.states))

@@ -208,6 +208,23 @@ class R:
     tls_after_auth = Reply.of(501, "Syntax error (invalid command in this state) Already authenticated...",
                               "5.5.4")
 
+    # -- LMTP (RFC 2033): one reply per recipient after DATA -------------------------------
+    @staticmethod
+    def lmtp_delivered(rcpt: str) -> Reply:
+        return Reply.of(250, f"Message received <{rcpt}>", "2.6.0")
+
+    @staticmethod
+    def lmtp_over_quota(rcpt: str) -> Reply:
+        return Reply.of(552, f"Over Quota error when delivering message to <{rcpt}>", "5.2.2")
+
+    @staticmethod
+    def lmtp_store_failure(rcpt: str) -> Reply:
+        return Reply.of(451, f"Temporary error deliver message to <{rcpt}>", "4.3.0")
+
+    @staticmethod
+    def lmtp_temporary_failure(rcpt: str) -> Reply:
+        return Reply.of(451, f"Temporary error deliver message to <{rcpt}>", "4.0.0")
+
     # -- hook verdict defaults (James's HookResult mapping) -----------------------------
     hook_deny = Reply.of(554, "Email rejected")
     hook_denysoft = Reply.of(451, "Temporary problem. Please try again later")

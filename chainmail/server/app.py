@@ -58,7 +58,7 @@ def make_context(server_config, *, domains, spool, users=None, rrt=None) -> Serv
 
 async def run_servers(contexts: list[ServerContext], *, grace_period: float = DEFAULT_GRACE_PERIOD,
                       task_status=trio.TASK_STATUS_IGNORED, stop_event: trio.Event | None = None,
-                      spool=None) -> None:
+                      spool=None, spooler=None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop_event``): then stop accepting, end idle sessions
     with 421, let transactions in flight finish within ``grace_period``, and return."""
     stop_event = stop_event or trio.Event()
@@ -69,6 +69,8 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
         async with trio.open_nursery() as outer:
             if spool is not None and hasattr(spool, "run"):
                 await outer.start(spool.run)
+            if spooler is not None:  # the mailet container's spool workers
+                await outer.start(spooler.run)
             async with trio.open_nursery() as connections:
                 accept_scope = trio.CancelScope()
                 all_listeners = []
@@ -101,6 +103,11 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                     log.warning("grace period over: closing %d sessions",
                                 sum(ctx.active for ctx in contexts))
                     connections.cancel_scope.cancel()
+            if spooler is not None:
+                # Let the workers finish the mail they hold (it stays spooled otherwise,
+                # and is processed again at the next start).
+                with trio.move_on_after(min(grace_period, 10.0)):
+                    await spooler.stop()
             outer.cancel_scope.cancel()
     log.info("stopped")
 

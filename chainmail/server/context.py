@@ -28,6 +28,7 @@ class ServerContext:
         self.limiter = trio.CapacityLimiter(max(1, config.max_executor_count))
         self.chain: Any = None
         self.tls: Any = None   # TLSManager when <tls> enables socketTLS or startTLS
+        self.mailboxes: Any = None   # the mailbox store (LMTP delivers into it)
         self.active = 0
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[Any] = set()

@@ -69,6 +69,9 @@ class HeloCmdHandler(_Helo):
     commands = ("HELO",)
 
 
+
+
+
 class EhloCmdHandler(_Helo):
     """EHLO, announcing the base extensions (RFC 2920, 2034, 6152)."""
 
@@ -84,6 +87,13 @@ class EhloCmdHandler(_Helo):
         if value is None or value.upper() not in ("7BIT", "8BITMIME"):
             return HookResult.deny(501, "Unsupported BODY type", "5.5.4")
         return None
+
+
+class LhloCmdHandler(EhloCmdHandler):
+    """LMTP's greeting command (RFC 2033 §4.1): EHLO's reply and extensions, LHLO's name."""
+
+    commands = ("LHLO",)
+    verb = mode = "LHLO"
 
 
 class MailCmdHandler:
@@ -161,6 +171,7 @@ class DataCmdHandler:
     streams into :class:`DataReceiver`, which runs the ``on_message`` hooks at the end."""
 
     commands = ("DATA",)
+    receiver = DataReceiver
 
     async def on_command(self, session, command):
         if command.arg:
@@ -170,7 +181,7 @@ class DataCmdHandler:
             return R.no_sender
         if not tx.recipients:
             return R.no_recipients
-        receiver = DataReceiver(session)
+        receiver = self.receiver(session)
         session.data_receiver = receiver
         headers = await session.server.chain.collect("prepend_headers", session)
         for header in headers:

@@ -20,10 +20,10 @@ class DataReceiver:
 
     __slots__ = ("session", "transaction", "writer", "limit", "body_bytes", "over_limit", "head")
 
-    def __init__(self, session):
+    def __init__(self, session, sink=None):
         self.session = session
         self.transaction = session.transaction
-        self.writer = session.server.spool.open_writer()
+        self.writer = sink if sink is not None else session.server.spool.open_writer()
         self.limit = session.config.max_message_size
         self.body_bytes = 0
         self.over_limit = False

@@ -107,3 +107,18 @@ class HeaderStamper:
 
     def prepend_headers(self, session):
         return f"X-Stamped-By: {self.value}\r\n".encode()
+
+
+class RecordingDelivery:
+    """An LMTP delivery hook that stores messages in a log file (``<log>``, relative to the
+    configuration directory) instead of Maildirs: a third-party mailbox store."""
+
+    def configure(self, config: HandlerConfig) -> None:
+        import os
+        conf_dir = os.path.dirname(config.file) if config.file else "."
+        self.path = os.path.join(conf_dir, config.get("log", "deliveries.log"))
+
+    def deliver_to_recipient(self, recipient, message):
+        with open(self.path, "ab") as f:
+            f.write(f"== {recipient}\n".encode() + message.read() + b"\n")
+        return HookResult.ok()

@@ -1,0 +1,249 @@
+"""Spool workers (James's ``JamesMailSpooler``): take mail from the durable spool and run it
+through the mailet engine.
+
+``threads`` workers (trio tasks, not OS threads) receive spool ids from one dispatcher,
+which lists the spool every ``poll_interval`` seconds (sooner when the container itself
+spools mail) and never hands the same id to two workers.
+
+A mail leaves the spool only once processing has durably handed it on:
+
+1. the engine runs it; deliveries and repository stores it makes are fsynced as they happen;
+2. mail the mailets sent (bounces, forwards, ``send_mail`` to another state) is committed to
+   the spool as new entries;
+3. only then is the original removed (shielded from cancellation, so that a shutdown does
+   not stop between 2 and 3).
+
+If the process dies anywhere before 3, the mail is still in the spool and is processed
+again from its spooled state at the next start: delivery is **at least once** (a recipient
+already delivered before the crash gets the message twice; nothing is ever lost).
+
+If processing raises (a mailet with ``onMailetException=propagate``, a failed spool or
+repository write), the original mail is re-spooled unchanged (its original recipients and
+state) with ``error_count + 1`` and the error message, not to be retried before a short
+delay; after ``max_attempts`` (5, as James) failed attempts it is stored in the error
+repository with the reason instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from typing import Any
+
+import trio
+
+from .api import ATTR_RETRY_AT, ERROR
+from .context import MailetContext, mail_from_queued
+from .engine import MailetEngine
+
+__all__ = ["MailSpooler", "MAX_ATTEMPTS", "POLL_INTERVAL"]
+
+log = logging.getLogger("chainmail.spooler")
+
+MAX_ATTEMPTS = 5
+POLL_INTERVAL = 0.15
+
+
+class MailSpooler:
+    def __init__(self, spool: Any, engine: MailetEngine, context: MailetContext, *,
+                 threads: int = 20, error_repository: str = "file://var/mail/error/",
+                 max_attempts: int = MAX_ATTEMPTS, poll_interval: float = POLL_INTERVAL,
+                 retry_delay: float = 1.0) -> None:
+        self.spool = spool
+        self.engine = engine
+        self.context = context
+        self.threads = threads
+        self.error_repository = error_repository
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self.retry_delay = retry_delay
+        self.in_flight: set[str] = set()
+        self.deferred: dict[str, float] = {}   # id -> not before (epoch seconds)
+        self.broken: set[str] = set()
+        self.processed = 0                     # mails handed on (for logs and tests)
+        self._wake = trio.Event()
+        self._stopping = False
+        self._stopped = trio.Event()
+        context.on_spooled = self.notify
+
+    # -- spool access: blocking calls go to a worker thread; async ones are awaited
+
+    async def _spool_call(self, name: str, *args: Any) -> Any:
+        fn = getattr(self.spool, name)
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        return await self.context.run_blocking(fn, *args)
+
+    async def _remove(self, msg_id: str) -> None:
+        try:
+            if hasattr(self.spool, "aremove"):   # group-committed removal, for trio callers
+                await self.spool.aremove(msg_id)
+            else:
+                await self._spool_call("remove", msg_id)
+        except KeyError:
+            log.warning("%s: already removed from the spool", msg_id)
+
+    def _read_body(self, msg_id: str) -> bytes:
+        with self.spool.open_body(msg_id) as fh:
+            return fh.read()
+
+    # -- running
+
+    def notify(self, msg_id: str | None = None) -> None:
+        """Something was spooled: look at the spool now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run the dispatcher and the workers until :meth:`stop` (or cancellation)."""
+        if self.threads <= 0:
+            log.info("spooler threads is 0: mail stays in the spool unprocessed")
+            task_status.started()
+            try:
+                while not self._stopping:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+            finally:
+                self._stopped.set()
+            return
+        send, receive = trio.open_memory_channel[str](0)
+        log.info("mailet container: %d spool worker(s), processors %s", self.threads,
+                 ", ".join(self.engine.states))
+        try:
+            async with trio.open_nursery() as nursery:
+                async with receive:
+                    for n in range(self.threads):
+                        nursery.start_soon(self._worker, receive.clone(), name=f"spool-worker-{n}")
+                nursery.start_soon(self._dispatch, send, name="spool-dispatcher")
+                task_status.started()
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop taking mail; return once the workers have finished the mail they hold."""
+        self._stopping = True
+        self._wake.set()
+        await self._stopped.wait()
+
+    async def _dispatch(self, send: trio.MemorySendChannel[str]) -> None:
+        async with send:
+            while not self._stopping:
+                self._wake = trio.Event()
+                try:
+                    ids = await self._spool_call("ids")
+                except OSError as exc:
+                    log.error("cannot list the spool: %s", exc)
+                    ids = []
+                now = time.time()
+                for msg_id in ids:
+                    if self._stopping:
+                        break
+                    if msg_id in self.in_flight or msg_id in self.broken:
+                        continue
+                    not_before = self.deferred.get(msg_id)
+                    if not_before is not None:
+                        if not_before > now:
+                            continue
+                        del self.deferred[msg_id]
+                    self.in_flight.add(msg_id)
+                    await send.send(msg_id)
+                if self._stopping:
+                    break
+                with trio.move_on_after(self.poll_interval):
+                    await self._wake.wait()
+
+    async def _worker(self, receive: trio.MemoryReceiveChannel[str]) -> None:
+        async with receive:
+            async for msg_id in receive:
+                try:
+                    await self.process(msg_id)
+                except Exception:
+                    log.exception("%s: unexpected error in the spooler; the mail stays spooled",
+                                  msg_id)
+                    self.deferred[msg_id] = time.time() + 30
+                finally:
+                    self.in_flight.discard(msg_id)
+
+    # -- one mail
+
+    async def process(self, msg_id: str) -> bool:
+        """Process the spooled mail ``msg_id``; True if it left the spool."""
+        from chainmail.store.spool import SpoolFormatError
+        try:
+            queued = await self._spool_call("get", msg_id)
+        except KeyError:
+            return False  # taken meanwhile (removed after our listing)
+        except SpoolFormatError as exc:
+            if msg_id not in self.broken:
+                log.error("%s: unreadable spool entry left in place: %s", msg_id, exc)
+            self.broken.add(msg_id)
+            return False
+        retry_at = queued.envelope.attributes.get(ATTR_RETRY_AT)
+        if isinstance(retry_at, (int, float)) and retry_at > time.time():
+            self.deferred[msg_id] = float(retry_at)
+            return False
+        try:
+            content = await self.context.run_blocking(self._read_body, msg_id)
+        except KeyError:
+            return False
+        mail = mail_from_queued(queued, content)
+        start = time.monotonic()
+        try:
+            result = await self.engine.service(mail)
+            with trio.CancelScope(shield=True):
+                for out in result.outputs:
+                    await self.context.commit(out)
+                await self._remove(msg_id)
+        except Exception as exc:
+            await self._failed(queued, content, exc)
+            return True
+        self.processed += 1
+        log.info("%s: processed from <%s> to %d recipient(s) in %.1f ms: %s", msg_id,
+                 queued.envelope.sender, len(queued.envelope.recipients),
+                 (time.monotonic() - start) * 1000, _summary(result, len(result.outputs)))
+        return True
+
+    async def _failed(self, queued: Any, content: bytes, exc: BaseException) -> None:
+        msg_id = queued.id
+        reason = f"{type(exc).__name__}: {exc}"
+        mail = mail_from_queued(queued, content)   # the original recipients and state
+        mail.error_count += 1
+        mail.error_message = f"processing failed (attempt {mail.error_count}): {reason}"
+        with trio.CancelScope(shield=True):
+            try:
+                if mail.error_count >= self.max_attempts:
+                    mail.error_message = (f"processing failed {mail.error_count} times; "
+                                          f"last error: {reason}")
+                    mail.state = ERROR
+                    repo = self.context.repository(self.error_repository)
+                    key = await self.context.run_blocking(repo.store, mail)
+                    await self._remove(msg_id)
+                    log.error("%s: %s; stored in %s as %s", msg_id, mail.error_message,
+                              repo.url, key)
+                    return
+                delay = self.retry_delay * (2 ** (mail.error_count - 1))
+                retry_at = time.time() + delay
+                new_id = await self.context.commit(mail, extra={ATTR_RETRY_AT: retry_at})
+                self.deferred[new_id] = retry_at
+                await self._remove(msg_id)
+                log.warning("%s: %s; re-spooled as %s, retry in %.0f s", msg_id,
+                            mail.error_message, new_id, math.ceil(delay))
+            except Exception as again:
+                log.error("%s: processing failed (%s) and the failure could not be recorded "
+                          "(%s: %s); the mail stays spooled", msg_id, reason,
+                          type(again).__name__, again)
+                self.deferred[msg_id] = time.time() + 30
+
+
+def _summary(result: Any, outputs: int) -> str:
+    parts = []
+    finished = [m for m in result.finished]
+    if finished:
+        trails = sorted({" -> ".join(m.trace) for m in finished})
+        parts.append("; ".join(trails))
+    if outputs:
+        parts.append(f"{outputs} mail(s) spooled")
+    if result.stored:
+        parts.append(f"{len(result.stored)} stored in the error repository")
+    return ", ".join(parts) or "nothing to do"
