@@ -66,6 +66,9 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
         if any(ctx.chain.needs_asyncio for ctx in contexts):
             import trio_asyncio  # one asyncio loop bridge for the whole process, opened once
             await stack.enter_async_context(trio_asyncio.open_loop())
+        if spool is not None and hasattr(spool, "sync_inline"):
+            # With a single session open, its commit may fdatasync on the loop: nobody waits.
+            spool.sync_inline = lambda: sum(ctx.active for ctx in contexts) <= 1
         async with trio.open_nursery() as outer:
             if spool is not None and hasattr(spool, "run"):
                 await outer.start(spool.run)

@@ -79,6 +79,9 @@ async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool) -> None
     leftover = b""
     tls_info = None
     timeout = float(cfg.connection_timeout or 0) or math.inf
+    if not (cfg.proxy_required or implicit_tls):
+        await _serve_session(ctx, stream, remote, local, None, None, b"")
+        return
     with trio.move_on_after(min(timeout, PREAMBLE_TIMEOUT)) as preamble:
         try:
             if cfg.proxy_required and (cfg.proxy_first or not implicit_tls):
@@ -104,6 +107,11 @@ async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool) -> None
         log.warning("connection from %s:%s closed: no PROXY header or TLS handshake in time",
                     remote[0], remote[1])
         return
+    await _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover)
+
+
+async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover) -> None:
+    cfg = ctx.config
     ip = remote[0]
     if cfg.connection_limit_per_ip and ctx.per_ip[ip] >= cfg.connection_limit_per_ip:
         await _refuse(stream, R.too_many_connections_from_ip(ctx.hostname), remote)
@@ -254,11 +262,12 @@ class SessionRunner:
             if receiver is not None:
                 session.data_receiver = None
                 receiver.abort()
-            with trio.CancelScope(shield=True):
-                try:
-                    await chain.collect("on_disconnect", session)
-                except Exception:
-                    log.exception("on_disconnect handler failed for %s", session)
+            if chain.hooks["on_disconnect"]:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await chain.collect("on_disconnect", session)
+                    except Exception:
+                        log.exception("on_disconnect handler failed for %s", session)
 
     async def _say_goodbye(self) -> None:
         host = self.ctx.hostname
