@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import threading
-import time
 from typing import Iterable
 
 from chainmail.store import sqlite as _sqlite
@@ -94,7 +93,7 @@ def _normalize_literal(domain: str, name: str) -> str:
         ) from None
 
 
-class DomainStore:
+class DomainStore(_sqlite.RefreshedCache):
     """The local domains.  One instance per process; thread-safe."""
 
     def __init__(
@@ -120,9 +119,7 @@ class DomainStore:
 
     def contains(self, domain: str) -> bool:
         """Is ``domain`` local?  Case-insensitive, ignores one trailing dot."""
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._check_for_changes(now)
+        self._refresh()
         name = domain.lower()
         if name[-1:] == ".":
             name = name[:-1]
@@ -198,15 +195,5 @@ class DomainStore:
 
     # -- cache
 
-    def _check_for_changes(self, now: float) -> None:
-        with self._lock:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                self._reload_locked()
-            self._next_check = now + self.refresh_interval
-
-    def _reload_locked(self) -> None:
-        conn = self._conn
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+    def _load(self, conn) -> None:
         self._domains = frozenset(name for (name,) in conn.execute("SELECT name FROM domains"))
-        self._next_check = time.monotonic() + self.refresh_interval

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any, Iterable, NamedTuple
 
 from chainmail.store import sqlite as _sqlite
@@ -205,7 +204,7 @@ class _Tables:
         return tuple(t for t in targets if t != address)  # a self-forward ends the rewriting
 
 
-class RecipientRewriteTable:
+class RecipientRewriteTable(_sqlite.RefreshedCache):
     """The mappings.  One instance per process; thread-safe."""
 
     def __init__(self, db_path: str | os.PathLike[str], *, max_depth: int = 10,
@@ -457,21 +456,9 @@ class RecipientRewriteTable:
         return cur.rowcount > 0
 
     def _tables_now(self) -> _Tables:
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._check_for_changes(now)
+        self._refresh()
         return self._tables
 
-    def _check_for_changes(self, now: float) -> None:
-        with self._lock:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                self._reload_locked()
-            self._next_check = now + self.refresh_interval
-
-    def _reload_locked(self) -> None:
-        conn = self._conn
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+    def _load(self, conn) -> None:
         rows = conn.execute("SELECT kind, source, target FROM rrt_mappings").fetchall()
         self._tables = _Tables(rows)
-        self._next_check = time.monotonic() + self.refresh_interval

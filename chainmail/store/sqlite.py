@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Sequence
 
 __all__ = ["DB_FILENAME", "connect", "migrate", "schema_version"]
@@ -91,3 +92,33 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[Migra
         conn.execute("ROLLBACK")
         raise
     return len(migrations)
+
+
+class RefreshedCache:
+    """Mixin: an in-memory copy of a store's table, reloaded when another connection (the
+    command line, another process) changed the database.  ``PRAGMA data_version`` is asked
+    at most every ``refresh_interval`` seconds, so lookups made on the event loop per RCPT
+    stay in memory while outside changes are seen within that bound.
+
+    The class sets ``_conn``, ``_lock`` and ``refresh_interval`` and implements ``_load``."""
+
+    _data_version: int | None = None
+    _next_check: float = 0.0
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_check:
+            with self._lock:
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version:
+                    self._reload_locked()
+                self._next_check = now + self.refresh_interval
+
+    def _reload_locked(self) -> None:
+        conn = self._conn
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        self._load(conn)
+        self._next_check = time.monotonic() + self.refresh_interval
+
+    def _load(self, conn) -> None:  # pragma: no cover - each store defines it
+        raise NotImplementedError

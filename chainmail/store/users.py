@@ -32,7 +32,6 @@ import hmac
 import logging
 import os
 import threading
-import time
 from typing import Any
 
 from chainmail.store import sqlite as _sqlite
@@ -257,7 +256,7 @@ def _dummy_check(password: str | bytes) -> None:
 # -- the repository ---------------------------------------------------------------------
 
 
-class UsersRepository:
+class UsersRepository(_sqlite.RefreshedCache):
     """The users.  One instance per process; thread-safe.
 
     ``domains`` (a :class:`~chainmail.store.domains.DomainStore`, or anything
@@ -294,9 +293,7 @@ class UsersRepository:
         ``username`` is a username, not a recipient: pass
         ``username_for(rcpt)`` to accept ``bob+tag@d`` for user ``bob@d``.
         """
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._check_for_changes(now)
+        self._refresh()
         users = self._users
         if username in users:
             return True
@@ -404,18 +401,8 @@ class UsersRepository:
         except Exception as exc:  # a read-only database must not fail the login
             log.warning("user %s: could not upgrade the password hash: %s", key, exc)
 
-    def _check_for_changes(self, now: float) -> None:
-        with self._lock:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                self._reload_locked()
-            self._next_check = now + self.refresh_interval
-
-    def _reload_locked(self) -> None:
-        conn = self._conn
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+    def _load(self, conn) -> None:
         self._users = frozenset(name for (name,) in conn.execute("SELECT username FROM users"))
-        self._next_check = time.monotonic() + self.refresh_interval
 
 
 def _check_new_password(password: Any) -> None:
