@@ -34,7 +34,7 @@ def test_shipped_conf():
     assert (submission.name, submission.bind, submission.tls.start_tls) == (
         "smtpserver-submission", (BindAddress("0.0.0.0", 5870),), True)
     for sub in (smtps, submission):
-        assert sub.auth.required and sub.auth.require_ssl and sub.auth.announce == "forUnauthorizedAddresses"
+        assert sub.auth.required and sub.auth.require_ssl and sub.auth.announce == "always"
         assert sub.handlerchain.core_package == "org.apache.james.smtpserver.CoreCmdHandlerLoader"
     assert s.enabled and s.name == "smtpserver"
     assert s.bind == (BindAddress("0.0.0.0", 2525),)
@@ -47,7 +47,13 @@ def test_shipped_conf():
     assert not s.tls.socket_tls and not s.tls.start_tls
     assert s.handlerchain.core_package == "org.apache.james.smtpserver.NoAuthCmdHandlerLoader"
     assert [h.name for h in s.handlerchain.handlers] == ["org.apache.james.smtpserver.NoAuthCmdHandlerLoader"]
-    assert cfg.lmtp_servers == ()
+    # LMTP is shipped disabled, on the loopback interface, with direct Maildir delivery.
+    [lmtp] = cfg.lmtp_servers
+    assert not lmtp.enabled and lmtp.name == "lmtpserver" and lmtp.kind == "lmtp"
+    assert lmtp.bind == (BindAddress("127.0.0.1", 2424),)
+    assert lmtp.handlerchain.core_package == "org.apache.james.lmtpserver.CoreCmdHandlerLoader"
+    assert lmtp.handlerchain.handlers == ()
+    assert [s.name for s in cfg.servers] == ["smtpserver", "smtpserver-TLS", "smtpserver-submission"]
     assert cfg.domainlist.domains == ("localhost",)
     assert cfg.domainlist.default_domain == "localhost"
     assert not cfg.domainlist.autodetect and not cfg.domainlist.autodetect_ip
@@ -69,7 +75,7 @@ def test_shipped_examples_load_when_uncommented(tmp_path):
     assert sub.bind[0].port == 5870 and sub.tls.start_tls and not sub.tls.socket_tls
     assert smtps.tls.keystore == str(conf / "keystore")
     for s in (smtps, sub):
-        assert s.auth.announce == "forUnauthorizedAddresses" and s.auth.required
+        assert s.auth.announce == "always" and s.auth.required
         assert s.max_message_size == 25 * 2**20
 
 
