@@ -152,6 +152,8 @@ def _run(conf: str, var: str, grace_period: float) -> int:
         print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
         return 2
     container = _container(conf, var, config, spool, domains, users, rrt)
+    if container is None:
+        _require_container(contexts, conf)
     if container is not None:
         mailboxes = container.mailboxes
     else:
@@ -159,6 +161,7 @@ def _run(conf: str, var: str, grace_period: float) -> int:
         mailboxes = MaildirStore(os.path.join(var, "mail"), db)
     for ctx in contexts:
         ctx.mailboxes = mailboxes  # LMTP delivers into these directly
+        ctx.mailet_engine = container.engine if container is not None else None
         c = ctx.config
         log.info("%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
                  "maxExecutorCount %s (one process; worker processes are not used yet)",
@@ -179,6 +182,22 @@ def _run(conf: str, var: str, grace_period: float) -> int:
         rrt.close()
         domains.close()
     return 0
+
+
+def _require_container(contexts, conf: str) -> None:
+    """A handler that needs the mailet container (LMTP's ``MailetContainerHandler``) is a
+    configuration error, naming its file and line, when there is no mailetcontainer.xml."""
+    from .mailet.config import FILE
+    for ctx in contexts:
+        for entry in ctx.chain.entries:
+            handler = entry.handler
+            if getattr(handler, "needs_mailet_container", False):
+                cfg = getattr(handler, "config", None)
+                raise ConfigError(getattr(cfg, "file", "") or ctx.config.file,
+                                  getattr(cfg, "line", None) or ctx.config.line,
+                                  f"handler {entry.name}",
+                                  f"needs the mailet container, but {os.path.join(conf, FILE)} "
+                                  "does not exist")
 
 
 def _container(conf: str, var: str, config, spool, domains, users, rrt):

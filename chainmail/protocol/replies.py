@@ -225,6 +225,11 @@ class R:
     def lmtp_temporary_failure(rcpt: str) -> Reply:
         return Reply.of(451, f"Temporary error deliver message to <{rcpt}>", "4.0.0")
 
+    @staticmethod
+    def lmtp_container_failure(rcpt: str) -> Reply:
+        """Mailet-container mode: an exception came out of the container (James's text)."""
+        return Reply.of(451, f"Temporary error deliver message <{rcpt}>", "4.0.0")
+
     # -- hook verdict defaults (James's HookResult mapping) -----------------------------
     hook_deny = Reply.of(554, "Email rejected")
     hook_denysoft = Reply.of(451, "Temporary problem. Please try again later")

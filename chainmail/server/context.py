@@ -29,6 +29,7 @@ class ServerContext:
         self.chain: Any = None
         self.tls: Any = None   # TLSManager when <tls> enables socketTLS or startTLS
         self.mailboxes: Any = None   # the mailbox store (LMTP delivers into it)
+        self.mailet_engine: Any = None   # the mailet container's engine, when one is configured
         self.active = 0
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[Any] = set()

@@ -1,5 +1,13 @@
-"""The core LMTP handlers (James's ``org.apache.james.lmtpserver.CoreCmdHandlerLoader``):
-LHLO, MAIL, RCPT, DATA with one reply per recipient, and delivery into Maildirs."""
+"""The LMTP handler packages.
+
+- ``CoreCmdHandlerLoader`` (James's ``org.apache.james.lmtpserver.CoreCmdHandlerLoader``):
+  LHLO, MAIL, RCPT, DATA with one reply per recipient, and delivery into Maildirs through
+  the ``deliver_to_recipient`` hooks;
+- ``MailetContainerCmdHandlerLoader`` (``org.apache.james.lmtpserver.MailetContainerCmdHandlerLoader``):
+  the same commands, but DATA runs the mail through the mailet container
+  (:class:`~chainmail_plugins.lmtp.mailet.MailetContainerHandler`).
+
+See ``docs/lmtp.md``."""
 
 from chainmail.chain import HandlersPackage
 from chainmail_plugins.smtp.commands import (ExpnCmdHandler, LhloCmdHandler, MailCmdHandler,
@@ -13,8 +21,9 @@ from chainmail_plugins.smtp.starttls import StartTlsCmdHandler
 from chainmail_plugins.smtp.validrcpt import ValidRcptHandler
 
 from .delivery import LmtpDataCmdHandler, MailboxDeliverToRecipientHandler
+from .mailet import MailetContainerHandler
 
-__all__ = ["CoreCmdHandlerLoader"]
+__all__ = ["CoreCmdHandlerLoader", "MailetContainerCmdHandlerLoader", "MailetContainerHandler"]
 
 
 class CoreCmdHandlerLoader(HandlersPackage):
@@ -38,5 +47,31 @@ class CoreCmdHandlerLoader(HandlersPackage):
         PostmasterAbuseRcptHook,
         ReceivedHeaderHandler,
         MailboxDeliverToRecipientHandler,
+        UnknownCmdHandler,
+    )
+
+
+class MailetContainerCmdHandlerLoader(HandlersPackage):
+    """LMTP into the mailet container, from ``root``, synchronously (no spool).  A
+    ``<handler class="MailetContainerHandler">`` element listed before it (for example with
+    ``<splitExecution>true</splitExecution>``) answers DATA in its place."""
+
+    handlers = (
+        WelcomeMessageHandler,
+        ExpnCmdHandler,
+        LhloCmdHandler,
+        MailCmdHandler,
+        NoopCmdHandler,
+        QuitCmdHandler,
+        RcptCmdHandler,
+        ValidRcptHandler,
+        RsetCmdHandler,
+        VrfyCmdHandler,
+        MailSizeEsmtpExtension,
+        StartTlsCmdHandler,
+        RelayCheckRcptHook,
+        PostmasterAbuseRcptHook,
+        ReceivedHeaderHandler,
+        MailetContainerHandler,
         UnknownCmdHandler,
     )

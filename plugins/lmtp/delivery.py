@@ -52,26 +52,31 @@ class LmtpDataReceiver(DataReceiver):
             message.body_file = sink.file
             end_of_head = self.head.find(b"\r\n\r\n")
             message.head = bytes(self.head if end_of_head < 0 else self.head[: end_of_head + 4])
-            replies = []
-            chain = session.server.chain
-            for rcpt in recipients:
-                try:
-                    verdict = await chain.verdict("deliver_to_recipient", session, rcpt, message)
-                except Exception:
-                    log.exception("%s: delivery to %s failed", session, rcpt)
-                    verdict = None
-                    replies.append(R.lmtp_temporary_failure(str(rcpt)))
-                    continue
-                if verdict is None:
-                    replies.append(R.lmtp_temporary_failure(str(rcpt)))
-                elif verdict.action is Action.OK and verdict.code is None:
-                    replies.append(R.lmtp_delivered(str(rcpt)))
-                else:
-                    replies.append(to_reply(verdict, R.lmtp_delivered(str(rcpt))))
+            replies = await self.deliver(message, recipients)
             session.messages += 1
             return replies
         finally:
             sink.abort()
+
+    async def deliver(self, message, recipients):
+        """One reply per recipient, in RCPT order: the ``deliver_to_recipient`` hooks."""
+        session = self.session
+        replies = []
+        chain = session.server.chain
+        for rcpt in recipients:
+            try:
+                verdict = await chain.verdict("deliver_to_recipient", session, rcpt, message)
+            except Exception:
+                log.exception("%s: delivery to %s failed", session, rcpt)
+                replies.append(R.lmtp_temporary_failure(str(rcpt)))
+                continue
+            if verdict is None:
+                replies.append(R.lmtp_temporary_failure(str(rcpt)))
+            elif verdict.action is Action.OK and verdict.code is None:
+                replies.append(R.lmtp_delivered(str(rcpt)))
+            else:
+                replies.append(to_reply(verdict, R.lmtp_delivered(str(rcpt))))
+        return replies
 
 
 class LmtpDataCmdHandler(DataCmdHandler):

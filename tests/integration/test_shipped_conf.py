@@ -17,6 +17,8 @@ from ..conftest import CHAINMAIL, ROOT, ChainmailProcess
 def ports_free(*ports: int) -> bool:
     for port in ports:
         with socket.socket() as s:
+            # as the server binds: connections closing in TIME-WAIT do not count
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("0.0.0.0", port))
             except OSError:

@@ -122,3 +122,20 @@ class RecordingDelivery:
         with open(self.path, "ab") as f:
             f.write(f"== {recipient}\n".encode() + message.read() + b"\n")
         return HookResult.ok()
+
+
+# -- mailets (entry-point group ``chainmail.mailets``) ----------------------------------------
+
+from chainmail.mailet.api import GenericMailet, MailetError  # noqa: E402
+
+
+class FailForRecipient(GenericMailet):
+    """Raises when the mail is addressed to ``<recipient>`` (with the other recipients or
+    alone): with ``onMailetException=propagate`` the failure leaves the container."""
+
+    def configure(self, config) -> None:
+        self.recipient = config.require("recipient").strip().lower()
+
+    def service(self, mail):
+        if any(r.lower() == self.recipient for r in mail.recipients):
+            raise MailetError(f"refusing mail for {self.recipient}")
