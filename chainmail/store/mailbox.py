@@ -155,10 +155,38 @@ class MaildirStore(MailboxStore):
         return os.path.join(self.root, maildir_name_for(username))
 
     def ensure(self, username: str) -> str:
-        """Create the user's Maildir (``cur``, ``new``, ``tmp``) if needed; return its path."""
+        """Create the user's Maildir (``cur``, ``new``, ``tmp``) if needed; return its path.
+
+        A new Maildir is built under a temporary name and renamed into place, so a reader
+        (an IMAP server, ``mailbox.Maildir``) never sees it without its three folders."""
         path = self.path_for(username)
-        for sub in ("tmp", "new", "cur"):
-            _makedirs_durable(os.path.join(path, sub))
+        if os.path.isdir(os.path.join(path, "tmp")):
+            return path
+        _makedirs_durable(self.root)
+        staging = os.path.join(self.root, f".new-{os.getpid()}-{os.urandom(6).hex()}")
+        os.mkdir(staging, 0o700)
+        try:
+            for sub in ("cur", "new", "tmp"):
+                os.mkdir(os.path.join(staging, sub), 0o700)
+                _fsync_dir(staging)
+            try:
+                os.rename(staging, path)
+            except OSError:
+                if not os.path.isdir(os.path.join(path, "tmp")):
+                    raise
+                return path  # made by someone else meanwhile
+            _fsync_dir(self.root)
+        finally:
+            if os.path.isdir(staging):
+                for sub in ("cur", "new", "tmp"):
+                    try:
+                        os.rmdir(os.path.join(staging, sub))
+                    except OSError:
+                        pass
+                try:
+                    os.rmdir(staging)
+                except OSError:
+                    pass
         return path
 
     def _unique_name(self, size: int) -> str:

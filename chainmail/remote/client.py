@@ -1,0 +1,392 @@
+"""A native trio SMTP client for outgoing mail.
+
+It speaks ESMTP to one host: greeting, ``EHLO`` (``HELO`` when EHLO is refused), ``STARTTLS``
+(opportunistic or required) or implicit TLS, ``AUTH PLAIN``/``LOGIN`` towards gateways, the
+envelope pipelined in one write when the server offers ``PIPELINING`` (RFC 2920), ``SIZE``
+(RFC 1870), ``BODY=8BITMIME`` (RFC 6152), ``SMTPUTF8`` (RFC 6531), per-recipient results,
+``DATA`` with dot-stuffing, ``RSET`` between mails on the same connection, and ``QUIT``.
+
+Replies are :class:`chainmail.protocol.replies.Reply` values, the type the server side uses.
+
+Failures are exceptions with the classification RemoteDelivery needs:
+
+- :class:`SmtpConnectionError`: the connection could not be made or broke (refused, reset,
+  timeout, TLS handshake failure): try the next address, then retry later;
+- :class:`SmtpReplyError`: the server refused a command; ``permanent`` is true for ``5xx``;
+- :class:`SmtpTlsRequiredError`: STARTTLS is required and the server does not offer it.
+
+A refused recipient is not an exception: :meth:`SmtpClient.send` returns one
+:class:`RecipientResult` per recipient.  See docs/remote-delivery.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import trio
+
+from ..protocol.replies import Reply
+
+__all__ = [
+    "SmtpError", "SmtpConnectionError", "SmtpReplyError", "SmtpTlsRequiredError",
+    "RecipientResult", "SendResult", "SmtpClient", "client_tls_context", "dot_stuff",
+]
+
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 256
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class SmtpError(Exception):
+    """Outgoing SMTP failed; ``permanent`` says whether retrying can help."""
+
+    permanent = False
+    reply: Reply | None = None
+
+
+class SmtpConnectionError(SmtpError):
+    """Connecting, reading or writing failed (or timed out): a temporary failure."""
+
+
+class SmtpTlsRequiredError(SmtpError):
+    """STARTTLS is required but the server does not offer it (or refused it)."""
+
+
+class SmtpReplyError(SmtpError):
+    """The server answered ``command`` with an error reply."""
+
+    def __init__(self, command: str, reply: Reply) -> None:
+        self.command = command
+        self.reply = reply
+        super().__init__(f"{command}: {reply}")
+
+    @property
+    def permanent(self) -> bool:  # type: ignore[override]
+        return self.reply.code >= 500
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    address: str
+    reply: Reply
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.reply.code < 300
+
+
+@dataclass
+class SendResult:
+    """The outcome of one mail on one connection."""
+
+    mail_reply: Reply
+    recipients: list[RecipientResult] = field(default_factory=list)
+    data_reply: Reply | None = None
+
+    @property
+    def accepted(self) -> list[str]:
+        return [r.address for r in self.recipients if r.accepted]
+
+    @property
+    def refused(self) -> list[RecipientResult]:
+        return [r for r in self.recipients if not r.accepted]
+
+    @property
+    def delivered(self) -> list[str]:
+        """The recipients the server took responsibility for (``250`` after DATA)."""
+        if self.data_reply is None or not 200 <= self.data_reply.code < 300:
+            return []
+        return self.accepted
+
+
+def client_tls_context(*, verify_identity: bool = True, trust_all: bool = False,
+                       cafile: str | None = None) -> ssl.SSLContext:
+    """The context for STARTTLS and implicit TLS (``verifyServerIdentity``, ``sslTrustAllCerts``)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if trust_all:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif not verify_identity:
+        ctx.check_hostname = False
+    return ctx
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """The DATA payload: CRLF line ends, leading dots doubled, ending ``CRLF.CRLF``."""
+    data = _BARE_LF.sub(b"\r\n", content)
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _is_ascii(addr: str) -> bool:
+    return addr.isascii()
+
+
+class SmtpClient:
+    """One SMTP session.  Make it with :meth:`connect`; close it with :meth:`quit` or :meth:`aclose`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, host: str, helo_name: str,
+                 timeout: float) -> None:
+        self.stream = stream
+        self.host = host
+        self.helo_name = helo_name
+        self.timeout = timeout
+        self.buffer = bytearray()
+        self.greeting: Reply | None = None
+        self.ehlo_reply: Reply | None = None
+        self.esmtp = False
+        self.extensions: dict[str, str] = {}
+        self.tls = isinstance(stream, trio.SSLStream)
+        self.authenticated = False
+
+    # ------------------------------------------------------------------ connecting
+
+    @classmethod
+    async def connect(cls, host: str, port: int = 25, *, helo_name: str = "localhost",
+                      timeout: float = 180.0, connect_timeout: float = 60.0,
+                      tls_context: ssl.SSLContext | None = None,
+                      server_hostname: str | None = None, implicit_tls: bool = False,
+                      starttls: str = "opportunistic", bind: str | None = None) -> "SmtpClient":
+        """Connect, read the greeting, ``EHLO`` and (when asked and offered) ``STARTTLS``.
+
+        ``starttls`` is ``"never"``, ``"opportunistic"`` or ``"required"``.
+        ``server_hostname`` is the name checked against the certificate (default: ``host``).
+        """
+        if starttls not in ("never", "opportunistic", "required"):
+            raise ValueError(f"starttls={starttls!r}; expected never, opportunistic or required")
+        ctx = tls_context or client_tls_context()
+        try:
+            with trio.fail_after(connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(
+                    host, port, local_address=bind)
+        except trio.TooSlowError:
+            raise SmtpConnectionError(f"connection to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
+        client = cls(stream, host=host, helo_name=helo_name, timeout=timeout)
+        try:
+            if implicit_tls:
+                await client._wrap_tls(ctx, server_hostname or host)
+            greeting = await client.read_reply()
+            client.greeting = greeting
+            if greeting.code != 220:
+                raise SmtpReplyError("connect", greeting)
+            await client.hello()
+            if starttls != "never" and not client.tls:
+                if "STARTTLS" in client.extensions:
+                    await client.starttls(ctx, server_hostname or host,
+                                          required=starttls == "required")
+                elif starttls == "required":
+                    raise SmtpTlsRequiredError(f"{host} does not offer STARTTLS, which is required")
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
+
+    async def _wrap_tls(self, ctx: ssl.SSLContext, server_hostname: str) -> None:
+        tls = trio.SSLStream(self.stream, ctx, server_hostname=server_hostname)
+        try:
+            with trio.fail_after(self.timeout):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            raise SmtpConnectionError(f"TLS handshake with {self.host} timed out") from None
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            raise SmtpConnectionError(f"TLS handshake with {self.host} failed: {exc}") from exc
+        self.stream = tls
+        self.tls = True
+        self.buffer.clear()
+
+    async def hello(self) -> Reply:
+        """``EHLO``, or ``HELO`` when the server refuses EHLO; records the extensions."""
+        reply = await self.command(f"EHLO {self.helo_name}")
+        if reply.code == 250:
+            self.esmtp = True
+            self.ehlo_reply = reply
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, param = line.strip().partition(" ")
+                if keyword:
+                    self.extensions[keyword.upper()] = param.strip()
+            return reply
+        if reply.code in (421,):
+            raise SmtpReplyError("EHLO", reply)
+        reply = await self.command(f"HELO {self.helo_name}")
+        if reply.code != 250:
+            raise SmtpReplyError("HELO", reply)
+        self.esmtp = False
+        self.extensions = {}
+        return reply
+
+    async def starttls(self, ctx: ssl.SSLContext, server_hostname: str, *, required: bool) -> bool:
+        """``STARTTLS`` then a new ``EHLO``.  A refusal is an error only when ``required``."""
+        reply = await self.command("STARTTLS")
+        if reply.code != 220:
+            if required:
+                raise SmtpTlsRequiredError(f"{self.host} refused STARTTLS: {reply}")
+            return False
+        if self.buffer:
+            raise SmtpConnectionError(f"{self.host} sent data after 220 to STARTTLS")
+        await self._wrap_tls(ctx, server_hostname)
+        await self.hello()
+        return True
+
+    async def login(self, username: str, password: str) -> Reply:
+        """``AUTH PLAIN`` (or ``AUTH LOGIN`` when only that is offered)."""
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms or "LOGIN" not in mechanisms:
+            token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+            reply = await self.command(f"AUTH PLAIN {token}")
+        else:
+            reply = await self.command("AUTH LOGIN")
+            for value in (username, password):
+                if reply.code != 334:
+                    break
+                reply = await self.command(base64.b64encode(value.encode()).decode())
+        if reply.code != 235:
+            raise SmtpReplyError("AUTH", reply)
+        self.authenticated = True
+        return reply
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, sender: str, recipients: Sequence[str], content: bytes, *,
+                   send_partial: bool = False, mail_params: Iterable[str] = ()) -> SendResult:
+        """One mail: ``MAIL``, ``RCPT`` per recipient, ``DATA``.
+
+        A refused ``MAIL`` raises :class:`SmtpReplyError`.  Refused recipients are in the
+        result; with some refused, DATA is sent only when ``send_partial``; with none
+        accepted it is never sent (the session is reset in both cases).  The mail is
+        delivered to :attr:`SendResult.delivered` when the reply to DATA is ``2xx``; a
+        refused DATA is in :attr:`SendResult.data_reply`.
+        """
+        params = list(mail_params)
+        size_limit = self.extensions.get("SIZE")
+        if "SIZE" in self.extensions:
+            if size_limit and size_limit.isdigit() and 0 < int(size_limit) < len(content):
+                raise SmtpReplyError("MAIL", Reply.of(
+                    552, f"Message size {len(content)} exceeds fixed maximum message size "
+                         f"{size_limit} of {self.host}", "5.3.4"))
+            params.append(f"SIZE={len(content)}")
+        if "8BITMIME" in self.extensions and any(b > 127 for b in content):
+            params.append("BODY=8BITMIME")
+        if "SMTPUTF8" in self.extensions and not all(
+                _is_ascii(a) for a in (sender, *recipients)):
+            params.append("SMTPUTF8")
+        mail_cmd = " ".join([f"MAIL FROM:<{sender}>", *params])
+        rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
+        if "PIPELINING" in self.extensions:
+            await self.write(b"".join(f"{c}\r\n".encode("utf-8") for c in (mail_cmd, *rcpt_cmds)))
+            mail_reply = await self.read_reply()
+            rcpt_replies = [await self.read_reply() for _ in rcpt_cmds]
+            if mail_reply.code != 250:
+                raise SmtpReplyError("MAIL", mail_reply)
+        else:
+            mail_reply = await self.command(mail_cmd)
+            if mail_reply.code != 250:
+                raise SmtpReplyError("MAIL", mail_reply)
+            rcpt_replies = [await self.command(c) for c in rcpt_cmds]
+        result = SendResult(mail_reply, [RecipientResult(a, r) for a, r in zip(recipients, rcpt_replies)])
+        if not result.accepted or (result.refused and not send_partial):
+            await self.rset()
+            return result
+        reply = await self.command("DATA")
+        if reply.code != 354:
+            result.data_reply = reply
+            return result
+        await self.write(dot_stuff(content))
+        result.data_reply = await self.read_reply()
+        return result
+
+    async def rset(self) -> Reply | None:
+        """``RSET``; errors are ignored (the caller closes the connection on failure)."""
+        try:
+            return await self.command("RSET")
+        except SmtpError:
+            return None
+
+    async def quit(self) -> None:
+        """``QUIT`` and close; a failure here changes nothing (the mail is delivered)."""
+        try:
+            await self.command("QUIT")
+        except SmtpError:
+            pass
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    # ------------------------------------------------------------------ wire
+
+    async def command(self, line: str) -> Reply:
+        await self.write(line.encode("utf-8") + b"\r\n")
+        return await self.read_reply()
+
+    async def write(self, data: bytes) -> None:
+        try:
+            with trio.fail_after(self.timeout):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            raise SmtpConnectionError(f"writing to {self.host} timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise SmtpConnectionError(f"connection to {self.host} lost: {exc}") from exc
+
+    async def _line(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self.buffer[:end + 1])
+                del self.buffer[:end + 1]
+                return line.rstrip(b"\r\n")
+            if len(self.buffer) > MAX_REPLY_LINE:
+                raise SmtpConnectionError(f"{self.host} sent a reply line over {MAX_REPLY_LINE} bytes")
+            try:
+                chunk = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise SmtpConnectionError(f"connection to {self.host} lost: {exc}") from exc
+            if not chunk:
+                raise SmtpConnectionError(f"{self.host} closed the connection")
+            self.buffer += chunk
+
+    async def read_reply(self) -> Reply:
+        """One complete (possibly multi-line) reply."""
+        lines: list[str] = []
+        code = None
+        try:
+            with trio.fail_after(self.timeout):
+                while True:
+                    raw = await self._line()
+                    text = raw.decode("utf-8", "replace")
+                    if len(text) < 3 or not text[:3].isdigit() or (len(text) > 3 and text[3] not in " -"):
+                        raise SmtpConnectionError(f"{self.host} sent a malformed reply: {text[:80]!r}")
+                    this = int(text[:3])
+                    if code is None:
+                        code = this
+                    elif this != code:
+                        raise SmtpConnectionError(f"{self.host} mixed reply codes {code} and {this}")
+                    lines.append(text[4:])
+                    if len(text) == 3 or text[3] == " ":
+                        break
+                    if len(lines) > MAX_REPLY_LINES:
+                        raise SmtpConnectionError(f"{self.host} sent a reply of over {MAX_REPLY_LINES} lines")
+        except trio.TooSlowError:
+            raise SmtpConnectionError(f"{self.host} did not answer within {self.timeout:g} s") from None
+        enhanced = None
+        m = _ENHANCED.match(lines[0])
+        if m and m.group(1) == str(code)[0]:
+            enhanced = m.group(0).strip()
+            lines[0] = lines[0][m.end():]
+        return Reply(code, tuple(lines), enhanced)

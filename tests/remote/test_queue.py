@@ -1,0 +1,148 @@
+"""The durable outgoing queue: retries on the delayTime schedule, bounces, nothing lost."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from chainmail.remote.config import RemoteDeliveryConfig
+from chainmail.remote.delivery import Outcome
+from chainmail.remote.dns import DnsService, DnsServiceConfig
+from chainmail.remote.queue import ATTR_LAST_ERROR, ATTR_RETRY_COUNT, OutgoingQueue
+from chainmail.store.spool import DirectorySpool
+
+from .fakedns import FakeDns, fake_dns
+from .peers import Peer, start_peer
+
+MESSAGE = b"Subject: queued\r\n\r\nbody\r\n"
+
+
+def make_queue(tmp_path, dns_port: int, smtp_port: int, bounces: list, **params) -> OutgoingQueue:
+    params = {"mail.smtp.port": str(smtp_port), "timeout": "2000", "connectiontimeout": "2000",
+              **params}
+    config = RemoteDeliveryConfig.from_params(params)
+    svc = DnsService(DnsServiceConfig(servers=(("127.0.0.1", dns_port),), autodiscover=False,
+                                      timeout=1.0), rng=random.Random(5))
+
+    async def bounce(b):
+        bounces.append(b)
+
+    return OutgoingQueue(DirectorySpool(tmp_path / "outgoing"), config, svc, bounce=bounce)
+
+
+def mx() -> FakeDns:
+    return FakeDns().add("example.test", "MX", (10, "mx.example.test")).add("mx.example.test", "A", "127.0.0.1")
+
+
+async def test_delivered_and_removed(nursery, tmp_path):
+    peer = await start_peer(nursery, Peer())
+    bounces: list = []
+    async with fake_dns(mx()) as dns:
+        q = make_queue(tmp_path, dns.port, peer.port, bounces)
+        await q.enqueue("a@local.test", ["x@example.test"], MESSAGE, name="m1-to-example.test")
+        # durable: another instance on the same directory sees it
+        assert len(DirectorySpool(tmp_path / "outgoing").list()) == 1
+        assert await q.run_once() == 1
+    assert b"DATA:" + MESSAGE in peer.received
+    assert q.spool.list() == [] and bounces == []
+
+
+async def test_retries_on_schedule_then_bounce(nursery, tmp_path):
+    peer = await start_peer(nursery, Peer(greeting=b"421 4.3.2 busy\r\n"))
+    bounces: list = []
+    async with fake_dns(mx()) as dns:
+        q = make_queue(tmp_path, dns.port, peer.port, bounces, delayTime="10s, 20s", maxRetries="2")
+        await q.enqueue("a@local.test", ["x@example.test"], MESSAGE)
+        now = time.time()
+        assert await q.run_once(now) == 1
+        [entry] = q.spool.list()
+        attrs = entry.envelope.attributes
+        assert attrs[ATTR_RETRY_COUNT] == 1 and "421" in attrs[ATTR_LAST_ERROR]
+        assert 9 <= attrs["next_attempt"] - now <= 12
+        assert await q.run_once(now) == 0              # not due yet
+        assert await q.run_once(now + 11) == 1
+        [entry] = q.spool.list()
+        assert entry.envelope.attributes[ATTR_RETRY_COUNT] == 2
+        assert 19 <= entry.envelope.attributes["next_attempt"] - now <= 23
+        assert await q.run_once(now + 100) == 1        # third attempt = maxRetries + 1
+    assert q.spool.list() == []
+    [b] = bounces
+    assert b.too_many_retries and b.content == MESSAGE
+    assert b.recipients["x@example.test"].startswith("Too many retries failure. Bouncing after 2 retries.")
+    assert sum(1 for r in peer.received if r.startswith(b"EHLO")) == 0   # refused at greeting
+
+
+async def test_partial_success_bounces_only_the_refused(nursery, tmp_path):
+    peer = await start_peer(nursery, Peer(replies={
+        "RCPT": lambda line: b"550 5.1.1 unknown\r\n" if b"bad@" in line else b"250 OK\r\n"}))
+    bounces: list = []
+    async with fake_dns(mx()) as dns:
+        q = make_queue(tmp_path, dns.port, peer.port, bounces, sendpartial="true")
+        await q.enqueue("a@local.test", ["ok@example.test", "bad@example.test"], MESSAGE)
+        await q.run_once()
+    [b] = bounces
+    assert list(b.recipients) == ["bad@example.test"] and not b.too_many_retries
+    assert b.outcome.delivered == ["ok@example.test"]
+    assert q.spool.list() == []
+
+
+async def test_only_pending_recipients_are_requeued(tmp_path):
+    async def fake_deliver(sender, recipients, content, **kw):
+        return Outcome(delivered=["a@x.test"], failed={"b@x.test": "550 no"}, pending=["c@x.test"],
+                       message="452 later")
+
+    bounces: list = []
+    q = make_queue(tmp_path, 9, 9, bounces, delayTime="1s")
+    q.deliver_fn = fake_deliver
+    await q.enqueue("s@l.test", ["a@x.test", "b@x.test", "c@x.test"], MESSAGE)
+    await q.run_once()
+    [entry] = q.spool.list()
+    assert entry.envelope.recipients == ["c@x.test"]
+    assert list(bounces[0].recipients) == ["b@x.test"]
+
+
+async def test_failed_bounce_keeps_the_entry(tmp_path):
+    async def fake_deliver(sender, recipients, content, **kw):
+        return Outcome(failed={r: "550 no" for r in recipients})
+
+    async def broken_bounce(b):
+        raise OSError("disk full")
+
+    q = make_queue(tmp_path, 9, 9, [])
+    q.bounce = broken_bounce
+    q.deliver_fn = fake_deliver
+    msg_id = await q.enqueue("s@l.test", ["a@x.test"], MESSAGE)
+    await q.run_once()
+    assert [e.id for e in q.spool.list()] == [msg_id]   # still there: nothing lost
+
+
+@pytest.mark.parametrize("count", [3])
+async def test_parallel_runs(nursery, tmp_path, count):
+    peer = await start_peer(nursery, Peer())
+    bounces: list = []
+    async with fake_dns(mx()) as dns:
+        q = make_queue(tmp_path, dns.port, peer.port, bounces)
+        for i in range(count):
+            await q.enqueue("a@local.test", [f"u{i}@example.test"], MESSAGE)
+        assert await q.run_once() == count
+    assert q.spool.list() == [] and bounces == []
+    assert sum(1 for r in peer.received if r.startswith(b"DATA:")) == count
+
+
+async def test_run_loop_delivers_what_is_queued(nursery, tmp_path):
+    import trio
+
+    peer = await start_peer(nursery, Peer())
+    bounces: list = []
+    async with fake_dns(mx()) as dns:
+        q = make_queue(tmp_path, dns.port, peer.port, bounces)
+        async with trio.open_nursery() as inner:
+            await inner.start(lambda task_status: q.run(poll_interval=30, task_status=task_status))
+            await q.enqueue("a@local.test", ["x@example.test"], MESSAGE)   # wakes the loop
+            with trio.fail_after(5):
+                while q.spool.list():
+                    await trio.sleep(0.02)
+            inner.cancel_scope.cancel()
+    assert any(r.startswith(b"DATA:") for r in peer.received)
