@@ -266,3 +266,14 @@ def test_client_certificate_required(chainmail_factory, material, tmp_path):
     with smtplib.SMTP_SSL("127.0.0.1", server.port, context=identified, timeout=10,
                           local_hostname="client.test") as s:
         assert s.noop()[0] == 250
+
+
+def test_cipher_suite_restriction(chainmail_factory, material):
+    """<supportedCipherSuites> with a JSSE/IANA name limits TLS 1.2 to that suite."""
+    suites = ("<supportedProtocols><protocol>TLSv1.2</protocol></supportedProtocols><supportedCipherSuites>"
+              "<cipherSuite>TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256</cipherSuite></supportedCipherSuites>")
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test"), extra=suites))
+    with server.smtp() as s:
+        s.ehlo("t")
+        s.starttls(context=material.client_context())
+        assert s.sock.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"   # trustme keys are EC
