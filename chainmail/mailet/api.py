@@ -19,6 +19,8 @@ See ``docs/mailets.md`` for a walk-through.
 
 from __future__ import annotations
 
+import abc
+
 import email
 import email.policy
 import itertools
@@ -424,7 +426,7 @@ class Mailet(Protocol):
     def service(self, mail: Mail) -> None: ...
 
 
-class GenericMatcher:
+class GenericMatcher(abc.ABC):
     """Base class: keeps the configuration; override :meth:`match` (sync or ``async``)."""
 
     config: MatcherConfig
@@ -442,8 +444,9 @@ class GenericMatcher:
     def condition(self) -> str | None:
         return self.config.condition
 
-    def match(self, mail: Mail) -> Collection[str] | None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def match(self, mail: Mail) -> Collection[str] | None:
+        """The recipients of ``mail`` this matcher matches (all, some or none)."""
 
     def destroy(self) -> None:
         pass
@@ -455,11 +458,12 @@ class GenericRecipientMatcher(GenericMatcher):
     def match(self, mail: Mail) -> list[str]:
         return [r for r in mail.recipients if self.match_recipient(r)]
 
-    def match_recipient(self, recipient: str) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def match_recipient(self, recipient: str) -> bool:
+        """Whether this one recipient matches."""
 
 
-class GenericMailet:
+class GenericMailet(abc.ABC):
     """Base class: keeps the configuration; override :meth:`service` (sync or ``async``)."""
 
     config: MailetConfig
@@ -473,8 +477,9 @@ class GenericMailet:
     def configure(self, config: MailetConfig) -> None:
         """Called by ``init``: read parameters here (``config.get``, ``get_bool`` ...)."""
 
-    def service(self, mail: Mail) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def service(self, mail: Mail) -> None:
+        """Act on ``mail``: change it, deliver it, set ``mail.state``, or empty its recipients."""
 
     def destroy(self) -> None:
         pass

@@ -121,4 +121,5 @@ class RefreshedCache:
         self._next_check = time.monotonic() + self.refresh_interval
 
     def _load(self, conn) -> None:  # pragma: no cover - each store defines it
-        raise NotImplementedError
+        """Read the table into memory (called with ``_lock`` held)."""
+        raise TypeError(f"{type(self).__name__} must define _load()")
