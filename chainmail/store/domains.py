@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import threading
 from typing import Iterable
 
 from chainmail.store import sqlite as _sqlite
@@ -104,16 +103,7 @@ class DomainStore(_sqlite.RefreshedCache):
         refresh_interval: float = 1.0,
     ) -> None:
         self.default_domain = normalize_domain(default_domain)
-        self.refresh_interval = refresh_interval
-        self._lock = threading.Lock()
-        self._conn = _sqlite.connect(db_path)
-        try:
-            _sqlite.migrate(self._conn, COMPONENT, MIGRATIONS)
-            with self._lock:
-                self._reload_locked()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._open(db_path, COMPONENT, MIGRATIONS, refresh_interval)
 
     # -- reading
 

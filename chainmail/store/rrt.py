@@ -29,7 +29,6 @@ at most once per ``refresh_interval``).
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Iterable, NamedTuple
 
 from chainmail.store import sqlite as _sqlite
@@ -212,16 +211,7 @@ class RecipientRewriteTable(_sqlite.RefreshedCache):
         if max_depth < 1:
             raise ValueError("max_depth must be at least 1")
         self.max_depth = max_depth
-        self.refresh_interval = refresh_interval
-        self._lock = threading.Lock()
-        self._conn = _sqlite.connect(db_path)
-        try:
-            _sqlite.migrate(self._conn, COMPONENT, MIGRATIONS)
-            with self._lock:
-                self._reload_locked()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._open(db_path, COMPONENT, MIGRATIONS, refresh_interval)
 
     # -- reading
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from typing import Sequence
 
@@ -104,6 +105,19 @@ class RefreshedCache:
 
     _data_version: int | None = None
     _next_check: float = 0.0
+
+    def _open(self, db_path, component: str, migrations, refresh_interval: float) -> None:
+        """Connect, bring the schema of ``component`` up to date, load the table."""
+        self.refresh_interval = refresh_interval
+        self._lock = threading.Lock()
+        self._conn = connect(db_path)
+        try:
+            migrate(self._conn, component, migrations)
+            with self._lock:
+                self._reload_locked()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _refresh(self) -> None:
         now = time.monotonic()

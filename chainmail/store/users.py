@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 from typing import Any
 
 from chainmail.store import sqlite as _sqlite
@@ -267,16 +266,7 @@ class UsersRepository(_sqlite.RefreshedCache):
     def __init__(self, db_path: str | os.PathLike[str], *, domains: Any = None,
                  refresh_interval: float = 1.0) -> None:
         self.domains = domains
-        self.refresh_interval = refresh_interval
-        self._lock = threading.Lock()
-        self._conn = _sqlite.connect(db_path)
-        try:
-            _sqlite.migrate(self._conn, COMPONENT, MIGRATIONS)
-            with self._lock:
-                self._reload_locked()
-        except BaseException:
-            self._conn.close()
-            raise
+        self._open(db_path, COMPONENT, MIGRATIONS, refresh_interval)
 
     # -- addresses
 

@@ -26,29 +26,30 @@ from .mailet import MailetContainerHandler
 __all__ = ["CoreCmdHandlerLoader", "MailetContainerCmdHandlerLoader", "MailetContainerHandler"]
 
 
+# The LMTP commands and RCPT checks both loaders share, in James's order.
+_COMMON = (
+    ExpnCmdHandler,
+    LhloCmdHandler,
+    MailCmdHandler,
+    NoopCmdHandler,
+    QuitCmdHandler,
+    RcptCmdHandler,
+    ValidRcptHandler,
+    RsetCmdHandler,
+    VrfyCmdHandler,
+    MailSizeEsmtpExtension,
+    StartTlsCmdHandler,
+    RelayCheckRcptHook,
+    PostmasterAbuseRcptHook,
+    ReceivedHeaderHandler,
+)
+
+
 class CoreCmdHandlerLoader(HandlersPackage):
     """LMTP straight into mailboxes: no spool, no mailet container."""
 
-    handlers = (
-        WelcomeMessageHandler,
-        LmtpDataCmdHandler,
-        ExpnCmdHandler,
-        LhloCmdHandler,
-        MailCmdHandler,
-        NoopCmdHandler,
-        QuitCmdHandler,
-        RcptCmdHandler,
-        ValidRcptHandler,
-        RsetCmdHandler,
-        VrfyCmdHandler,
-        MailSizeEsmtpExtension,
-        StartTlsCmdHandler,
-        RelayCheckRcptHook,
-        PostmasterAbuseRcptHook,
-        ReceivedHeaderHandler,
-        MailboxDeliverToRecipientHandler,
-        UnknownCmdHandler,
-    )
+    handlers = (WelcomeMessageHandler, LmtpDataCmdHandler, *_COMMON,
+                MailboxDeliverToRecipientHandler, UnknownCmdHandler)
 
 
 class MailetContainerCmdHandlerLoader(HandlersPackage):
@@ -56,22 +57,4 @@ class MailetContainerCmdHandlerLoader(HandlersPackage):
     ``<handler class="MailetContainerHandler">`` element listed before it (for example with
     ``<splitExecution>true</splitExecution>``) answers DATA in its place."""
 
-    handlers = (
-        WelcomeMessageHandler,
-        ExpnCmdHandler,
-        LhloCmdHandler,
-        MailCmdHandler,
-        NoopCmdHandler,
-        QuitCmdHandler,
-        RcptCmdHandler,
-        ValidRcptHandler,
-        RsetCmdHandler,
-        VrfyCmdHandler,
-        MailSizeEsmtpExtension,
-        StartTlsCmdHandler,
-        RelayCheckRcptHook,
-        PostmasterAbuseRcptHook,
-        ReceivedHeaderHandler,
-        MailetContainerHandler,
-        UnknownCmdHandler,
-    )
+    handlers = (WelcomeMessageHandler, *_COMMON, MailetContainerHandler, UnknownCmdHandler)
