@@ -167,7 +167,8 @@ def _run(conf: str, var: str, grace_period: float) -> int:
                  c.max_executor_count)
     try:
         trio.run(lambda: run_servers(contexts, grace_period=grace_period, spool=spool,
-                                     spooler=container.spooler if container else None))
+                                     spooler=container.spooler if container else None,
+                                     services=container.services if container else ()))
     except OSError as exc:
         print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -211,7 +212,7 @@ def _container(conf: str, var: str, config, spool, domains, users, rrt):
     for warning in mc.warnings:
         log.warning("%s", warning)
     return build_container(mc, var=var, spool=spool, domains=domains, users=users, rrt=rrt,
-                           servers=config.servers)
+                           servers=config.servers, conf=conf)
 
 
 def _check_config(conf: str, var: str) -> int:

@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAINMAIL = [sys.executable, "-m", "chainmail"]
 LISTENING = re.compile(r"listening on (\[[^\]]+\]|[0-9.]+):(\d+)")
 
+NO_DNS = """<dnsservice><servers><server>127.0.0.1:9</server></servers>
+<autodiscover>false</autodiscover><timeout>1</timeout></dnsservice>
+"""
+
 DOMAINLIST = """<domainlist>
   <domainnames>{names}</domainnames>
   <autodetect>false</autodetect><autodetectIP>false</autodetectIP>
@@ -133,7 +137,10 @@ def chainmail_factory(tmp_path):
         names = "".join(f"<domainname>{d}</domainname>" for d in domains)
         (conf / "domainlist.xml").write_text(
             DOMAINLIST.format(names=names, default=default_domain or (domains[0] if domains else "localhost")))
-        for name, text in (files or {}).items():
+        # Outgoing mail never asks the system resolver: unless a test brings its own DNS,
+        # lookups go to a closed loopback port and fail as temporary errors.
+        files = {"dnsservice.xml": NO_DNS, **(files or {})}
+        for name, text in files.items():
             (conf / name).write_text(text)
         proc = ChainmailProcess(conf, var, extra_args)
         started.append(proc)

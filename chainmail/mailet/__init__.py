@@ -19,7 +19,8 @@ __all__ = ["Container", "build_container"]
 
 
 class Container:
-    """What ``chainmail run`` starts: the spooler, and what to close afterwards."""
+    """What ``chainmail run`` starts: the spooler and the background services of mailets
+    (:meth:`MailetEngine.services`), and what to close afterwards."""
 
     def __init__(self, config: Any, context: Any, engine: Any, spooler: Any, mailboxes: Any) -> None:
         self.config = config
@@ -27,6 +28,7 @@ class Container:
         self.engine = engine
         self.spooler = spooler
         self.mailboxes = mailboxes
+        self.services = engine.services()
 
     def close(self) -> None:
         self.engine.destroy()
@@ -34,7 +36,8 @@ class Container:
 
 
 def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: Any, rrt: Any,
-                    servers: Any = (), poll_interval: float | None = None) -> Container:
+                    servers: Any = (), poll_interval: float | None = None,
+                    conf: str | None = None) -> Container:
     """Build the context, the engine (every matcher and mailet resolved and initialised:
     configuration errors are raised here, before the server starts) and the spooler."""
     from chainmail.store.mailbox import MaildirStore
@@ -54,7 +57,9 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
             repositories=RepositoryStore(var), spool=spool, postmaster=_postmaster(config, domains),
             hostname=hostname,
             auth_networks={s.name: s.authorized_addresses for s in servers
-                           if getattr(s, "authorized_addresses", None) is not None})
+                           if getattr(s, "authorized_addresses", None) is not None},
+            conf_dir=conf if conf is not None else os.path.dirname(config.file or "") or "conf",
+            var_dir=var)
         engine = build_engine(config, context)
         spooler = MailSpooler(spool, engine, context, threads=config.threads,
                               error_repository=config.error_repository,

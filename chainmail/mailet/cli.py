@@ -21,7 +21,8 @@ def describe_container(conf: str, var: str) -> list[str]:
     if config is None:
         return ["", f"[mailetcontainer] {path} not found: accepted mail stays in the spool"]
     engine = build_engine(config, MailetContext(repositories=RepositoryStore(var),
-                                                postmaster=config.postmaster))
+                                                postmaster=config.postmaster, conf_dir=conf,
+                                                var_dir=var))
     out = ["", f"[mailetcontainer] ({path})",
            f"  postmaster = {config.postmaster}", f"  spooler/threads = {config.threads}",
            f"  spooler/errorRepository = {config.error_repository}"]

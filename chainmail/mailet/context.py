@@ -66,7 +66,8 @@ class MailetContext:
                  mailboxes: Any = None, repositories: RepositoryStore | None = None,
                  spool: Any = None, postmaster: str = "postmaster", hostname: str | None = None,
                  auth_networks: Mapping[str, Any] | None = None,
-                 limiter: trio.CapacityLimiter | None = None) -> None:
+                 limiter: trio.CapacityLimiter | None = None, conf_dir: str = "conf",
+                 var_dir: str = "var") -> None:
         self.domains = domains
         self.users = users
         self.rrt = rrt
@@ -82,6 +83,12 @@ class MailetContext:
         self.states: frozenset[str] = frozenset()
         self.log = log
         self.on_spooled: Callable[[str], None] | None = None  # the spooler's wake-up
+        #: where mailets find their own configuration files (dnsservice.xml) and state
+        self.conf_dir = conf_dir
+        self.var_dir = var_dir
+        #: mailets that own a named resource (an outgoing queue), by kind and name, so that
+        #: two mailets claiming the same one are a configuration error
+        self.claims: dict[tuple[str, str], Any] = {}
 
     # -- processors
 
@@ -188,20 +195,34 @@ class MailetContext:
 
     async def bounce(self, mail: Mail, message: str | None = None, *, status: str | None = None,
                      attachment: str = "message", recipients: Iterable[str] | None = None,
-                     state: str = ROOT) -> Mail | None:
+                     state: str = ROOT, details: Mapping[str, str] | None = None,
+                     remote_mta: str | None = None, action: str = "failed") -> Mail | None:
         """Send an RFC 3464 delivery status notification about ``mail`` to its sender, from
-        the postmaster, with the null reverse-path.  Never for a null-sender mail (returns
-        ``None``)."""
+        the postmaster, with the null reverse-path.  Never for a null-sender mail, nor for
+        recipients whose RFC 3461 ``NOTIFY`` does not ask for it (returns ``None``).
+
+        ``details`` gives a recipient its own reason (a remote server's reply);
+        ``remote_mta`` names the server that gave it; ``action`` is ``failed``, ``delayed``
+        or ``relayed``."""
         if mail.has_null_sender:
             log.info("%s: no bounce for a mail with the null sender", mail.name)
             return None
+        rcpts = wanted_notifications(mail, list(recipients) if recipients is not None
+                                     else list(mail.recipients), action)
+        if not rcpts:
+            log.info("%s: no %s notification requested (NOTIFY)", mail.name, action)
+            return None
+        if str(mail.mail_params.get("RET") or "").upper() == "HDRS" and attachment == "message":
+            attachment = "heading"
         reason = message or mail.error_message or "Delivery failed"
         content = build_dsn(mail, reason=reason, reporting_mta=self.hostname,
                             postmaster=self.postmaster, status=status, attachment=attachment,
-                            recipients=list(recipients) if recipients is not None else None)
+                            recipients=rcpts, action=action, details=details,
+                            remote_mta=remote_mta)
         dsn = await self.send_message("", [mail.sender], content, state=state,
                                       attributes={"bounce_of": mail.name})
-        log.info("%s: bounce %s sent to <%s>: %s", mail.name, dsn.name, mail.sender, reason)
+        log.info("%s: %s notification %s sent to <%s>: %s", mail.name, action, dsn.name,
+                 mail.sender, reason)
         return dsn
 
 
@@ -225,37 +246,86 @@ def _boundary() -> str:
     return f"=_chainmail_{uuid.uuid4().hex}"
 
 
+_NOTIFY_FOR = {"failed": "FAILURE", "delayed": "DELAY", "relayed": "SUCCESS",
+               "delivered": "SUCCESS"}
+
+
+def wanted_notifications(mail: Mail, recipients: list[str], action: str) -> list[str]:
+    """The recipients whose RFC 3461 ``NOTIFY`` asks for an ``action`` notification.  Without
+    NOTIFY, failures are reported and nothing else (RFC 3461 §4.1)."""
+    keyword = _NOTIFY_FOR.get(action, "FAILURE")
+    out = []
+    for r in recipients:
+        notify = mail.rcpt_params.get(r, {}).get("NOTIFY")
+        words = {w.strip().upper() for w in str(notify).split(",")} if notify else {"FAILURE"}
+        if keyword in words and "NEVER" not in words:
+            out.append(r)
+    return out
+
+
+def _diagnostic(reason: str) -> str:
+    """``smtp; <reply>`` for a remote server's reply, else chainmail's own words."""
+    import re
+    line = " ".join(reason.split())
+    return f"smtp; {line}" if re.match(r"[245]\d\d[ -]", line) else f"X-chainmail; {line}"
+
+
+_SUBJECT = {"failed": "Undelivered Mail Returned to Sender",
+            "delayed": "Delayed Mail (still being retried)",
+            "relayed": "Successful Mail Delivery Report",
+            "delivered": "Successful Mail Delivery Report"}
+
+_HUMAN = {
+    "failed": lambda permanent: [
+        "I'm afraid I wasn't able to deliver your message to the following addresses.",
+        "This is a permanent error; I've given up. Sorry it didn't work out." if permanent else
+        "The error was temporary, but retrying did not succeed in the time allowed; "
+        "I've given up."],
+    "delayed": lambda permanent: [
+        "Your message could not be delivered yet to the following addresses.",
+        "I will keep trying; you do not need to send it again."],
+    "relayed": lambda permanent: [
+        "Your message was relayed to the following addresses, to a server that does not",
+        "send delivery notifications: this is the last notice you will get about them."],
+    "delivered": lambda permanent: [
+        "Your message was delivered to the following addresses."],
+}
+
+
 def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
               status: str | None = None, attachment: str = "message",
-              recipients: list[str] | None = None, action: str = "failed") -> bytes:
+              recipients: list[str] | None = None, action: str = "failed",
+              details: Mapping[str, str] | None = None, remote_mta: str | None = None) -> bytes:
     """An RFC 3464 ``multipart/report; report-type=delivery-status`` message about ``mail``.
 
     ``attachment``: ``message`` (the whole original, ``message/rfc822``), ``heading`` (its
     header section, ``text/rfc822-headers``) or ``none``.
     """
     rcpts = recipients if recipients is not None else list(mail.recipients)
-    status = status or status_of(reason)
-    permanent = status.startswith("5")
+    details = dict(details or {})
+    reasons = {r: " ".join(details.get(r, reason).split()) for r in rcpts}
+    statuses = {r: status or status_of(reasons[r], "2.0.0" if action == "relayed" else "5.0.0")
+                for r in rcpts}
     boundary = _boundary()
     now = format_datetime(datetime.now(timezone.utc).astimezone())
     arrival = format_datetime(datetime.fromtimestamp(mail.queued_at or time.time(), timezone.utc).astimezone())
     subject = mail.get_header("Subject")
-    reason_line = " ".join(reason.split())
-    human = [
-        f"Hi. This is the chainmail mail server at {reporting_mta}.",
-        "",
-        "I'm afraid I wasn't able to deliver your message to the following addresses.",
-        ("This is a permanent error; I've given up. Sorry it didn't work out."
-         if permanent else "This is a temporary error; delivery will not be retried."),
-        "",
-    ]
-    human += [f"<{r}>: {reason_line}" for r in rcpts]
+    human = [f"Hi. This is the chainmail mail server at {reporting_mta}.", ""]
+    human += _HUMAN[action if action in _HUMAN else "failed"](
+        all(st.startswith("5") for st in statuses.values()))
+    human.append("")
+    human += [f"<{r}>: {reasons[r]}" for r in rcpts]
+    if remote_mta:
+        human += ["", f"The remote server was {remote_mta}."]
     if subject:
         human += ["", f"The subject of your message was: {subject}"]
     human_text = "\r\n".join(human) + "\r\n"
     human_bytes = human_text.encode("utf-8", "surrogateescape")
     cte = "7bit" if human_bytes.isascii() else "8bit"
     fields = [f"Reporting-MTA: dns; {reporting_mta}"]
+    envid = mail.mail_params.get("ENVID")
+    if envid:
+        fields.append(f"Original-Envelope-Id: {envid}")
     if mail.name:
         fields.append(f"X-chainmail-Queue-ID: {mail.name}")
     fields.append(f"Arrival-Date: {arrival}")
@@ -265,15 +335,19 @@ def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
         orcpt = mail.rcpt_params.get(r, {}).get("ORCPT")
         if orcpt:
             block.append(f"Original-Recipient: {orcpt}")
-        block += [f"Final-Recipient: rfc822; {r}", f"Action: {action}", f"Status: {status}",
-                  f"Diagnostic-Code: smtp; {reason_line}", f"Last-Attempt-Date: {now}"]
+        block += [f"Final-Recipient: rfc822; {r}", f"Action: {action}", f"Status: {statuses[r]}"]
+        if remote_mta:
+            block.append(f"Remote-MTA: dns; {remote_mta}")
+        if action != "relayed" or r in details:
+            block.append(f"Diagnostic-Code: {_diagnostic(reasons[r])}")
+        block.append(f"Last-Attempt-Date: {now}")
         per_rcpt.append("\r\n".join(block))
     status_text = "\r\n".join(fields) + "\r\n\r\n" + "\r\n\r\n".join(per_rcpt) + "\r\n"
     domain = postmaster.rpartition("@")[2] or reporting_mta
     head = [
         f"From: Mail Delivery Subsystem <{postmaster}>",
         f"To: <{mail.sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {_SUBJECT.get(action, _SUBJECT['failed'])}",
         f"Date: {now}",
         f"Message-ID: <{uuid.uuid4().hex}@{domain}>",
         "Auto-Submitted: auto-replied",
@@ -287,12 +361,13 @@ def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
         (f"--{boundary}\r\nContent-Description: Delivery report\r\n"
          f"Content-Type: message/delivery-status\r\n\r\n{status_text}").encode("utf-8", "surrogateescape"),
     ]
+    what = "Undelivered Message" if action in ("failed", "delayed") else "Message"
     if attachment == "message":
         original = mail.content
-        parts.append(f"--{boundary}\r\nContent-Description: Undelivered Message\r\n"
+        parts.append(f"--{boundary}\r\nContent-Description: {what}\r\n"
                      f"Content-Type: message/rfc822\r\n\r\n".encode() + original)
     elif attachment == "heading":
-        parts.append(f"--{boundary}\r\nContent-Description: Undelivered Message Headers\r\n"
+        parts.append(f"--{boundary}\r\nContent-Description: {what} Headers\r\n"
                      f"Content-Type: text/rfc822-headers\r\n\r\n".encode() + mail.head)
     parts = [p if p.endswith(b"\r\n") else p + b"\r\n" for p in parts]
     parts.append(f"--{boundary}--\r\n".encode())

@@ -363,6 +363,18 @@ class MailetEngine:
                         "(ghost)", mail.name, state)
         await self._finish(mail, result)
 
+    def services(self) -> list[Any]:
+        """The matchers and mailets that run in the background while the server runs: those
+        with an ``async run(task_status)`` method (RemoteDelivery's delivery loop).  Each
+        object appears once, however many pairs use it."""
+        seen: dict[int, Any] = {}
+        for processor in self.processors.values():
+            for pair in processor.pairs:
+                for obj in (pair.matcher, pair.mailet):
+                    if inspect.iscoroutinefunction(getattr(obj, "run", None)):
+                        seen.setdefault(id(obj), obj)
+        return list(seen.values())
+
     def destroy(self) -> None:
         for proc in self.processors.values():
             for pair in proc.pairs:

@@ -1,18 +1,27 @@
-"""The durable outgoing queue and its delivery runs.
+"""The durable outgoing queue and its delivery workers.
 
 Entries live in a :class:`chainmail.store.spool.DirectorySpool` of their own (James's
-``outgoing`` MailQueue, by default ``var/outgoing``).  Each envelope carries, in its
-attributes:
+``outgoing`` MailQueue; ``var/outgoing/<name>/``).  Each envelope carries, in its attributes:
 
 - ``next_attempt`` (epoch seconds): not tried before;
 - ``delivery_retry_count`` (James's attribute): retries done so far;
 - ``last_error``: the message of the last failed attempt;
 - ``name``: the mail's name (``<name>-to-<domain>`` when split by domain).
 
-:meth:`OutgoingQueue.run_once` tries every due entry with :func:`deliver` (bounded by
-``max_parallel``) and applies the outcome:
+The envelope's MAIL and RCPT parameters travel with the entry (RFC 3461 DSN, REQUIRETLS,
+MT-PRIORITY).
 
-- delivered recipients are done;
+Scheduling: :meth:`OutgoingQueue.run` looks for due entries every second (at once after
+:meth:`wake`, and for entries a ``chainmail queue flush`` request covers) and hands each to
+the workers of its **destination** (its recipients' domain, or the gateways): at most
+``per_destination`` workers per destination, each taking that destination's entries one
+after the other (so that a pooled connection carries them), and at most ``max_parallel``
+attempts overall.  An attempt that stalls holds only its own worker.
+
+Each attempt's outcome is applied durably:
+
+- delivered recipients are done (``delivered`` callback: ``onSuccess``, RFC 3461 relayed
+  notices);
 - permanently failed recipients, and pending ones once ``maxRetries`` retries have been
   made, are handed to ``bounce`` (an async callable that must make the bounce durable);
 - pending recipients otherwise are re-queued as a new entry with ``retry_count + 1`` and
@@ -26,18 +35,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import trio
 
 from chainmail.store.spool import DirectorySpool, Envelope, QueuedMessage
 
 from .config import RemoteDeliveryConfig
+from .control import consume_flush_requests
 from .delivery import Outcome, deliver
 from .dns import DnsService
 
-__all__ = ["OutgoingQueue", "Bounce", "ATTR_NEXT_ATTEMPT", "ATTR_RETRY_COUNT", "ATTR_LAST_ERROR"]
+__all__ = ["OutgoingQueue", "Bounce", "Delivered", "ATTR_NEXT_ATTEMPT", "ATTR_RETRY_COUNT",
+           "ATTR_LAST_ERROR", "ATTR_NAME", "destination_of"]
 
 log = logging.getLogger("chainmail.remote.queue")
 
@@ -45,6 +57,9 @@ ATTR_NEXT_ATTEMPT = "next_attempt"
 ATTR_RETRY_COUNT = "delivery_retry_count"
 ATTR_LAST_ERROR = "last_error"
 ATTR_NAME = "name"
+#: James's attribute for the MT-PRIORITY of a mail (kept only with ``usePriority``).
+ATTR_PRIORITY = "MAIL_PRIORITY"
+GATEWAY = "[gateway]"
 
 
 @dataclass(frozen=True)
@@ -58,116 +73,240 @@ class Bounce:
     too_many_retries: bool
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """What the delivered callback gets: the recipients the remote server took the mail for."""
+
+    entry: QueuedMessage
+    content: bytes
+    recipients: list[str]
+    outcome: Outcome
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def destination_of(envelope: Envelope, config: RemoteDeliveryConfig) -> str:
+    """Where an entry goes: the gateways, or the domain of its (first) recipient."""
+    if config.gateways:
+        return GATEWAY
+    return _domain(envelope.recipients[0]) if envelope.recipients else ""
+
+
+def _priority(envelope: Envelope, config: RemoteDeliveryConfig) -> int | None:
+    """The MT-PRIORITY to ask for (RFC 6710), only with ``usePriority``."""
+    if not config.use_priority:
+        return None
+    value = envelope.mail_params.get("MT-PRIORITY", envelope.attributes.get(ATTR_PRIORITY))
+    try:
+        n = int(str(value))
+    except (TypeError, ValueError):
+        return None
+    return n if -9 <= n <= 9 else None
+
+
+def _requires_tls(envelope: Envelope) -> bool:
+    """RFC 8689: the client asked for REQUIRETLS (MAIL parameter or James's attribute)."""
+    return "REQUIRETLS" in envelope.mail_params or bool(envelope.attributes.get("REQUIRETLS"))
+
+
 class OutgoingQueue:
     def __init__(self, spool: DirectorySpool, config: RemoteDeliveryConfig, dns: DnsService, *,
-                 bounce: Callable[[Bounce], Awaitable[Any]], max_parallel: int = 16,
+                 bounce: Callable[[Bounce], Awaitable[Any]],
+                 delivered: Callable[[Delivered], Awaitable[Any]] | None = None,
+                 max_parallel: int = 16, per_destination: int = 4, pool: Any = None,
                  deliver_fn: Callable[..., Awaitable[Outcome]] = deliver) -> None:
         self.spool = spool
         self.config = config
         self.dns = dns
         self.bounce = bounce
-        self.max_parallel = max_parallel
+        self.delivered = delivered
+        self.max_parallel = max(1, max_parallel)
+        self.per_destination = max(1, per_destination)
+        self.pool = pool
         self.deliver_fn = deliver_fn
         self.in_flight: set[str] = set()
+        self._limiter = trio.CapacityLimiter(self.max_parallel)
+        self._waiting: dict[str, deque[QueuedMessage]] = {}
+        self._workers: dict[str, int] = {}
         self._wake = trio.Event()
 
     async def enqueue(self, sender: str, recipients: Sequence[str], content: bytes, *,
                       name: str = "", attributes: dict[str, Any] | None = None,
                       retry_count: int = 0, next_attempt: float = 0.0,
-                      last_error: str | None = None) -> str:
+                      last_error: str | None = None,
+                      mail_params: Mapping[str, Any] | None = None,
+                      rcpt_params: Mapping[str, Mapping[str, Any]] | None = None) -> str:
         """Durably add one entry; returns its id."""
         attrs = dict(attributes or {})
         attrs.update({ATTR_NEXT_ATTEMPT: next_attempt, ATTR_RETRY_COUNT: retry_count,
                       ATTR_NAME: name})
         if last_error is not None:
             attrs[ATTR_LAST_ERROR] = last_error
+        params = rcpt_params or {}
         writer = self.spool.open_writer()
         try:
-            writer.write(content)
-            return await writer.commit(Envelope(sender=sender, recipients=list(recipients),
-                                                attributes=attrs, state="outgoing"))
+            if len(content) > 256 * 1024:   # streams to a file: keep the disk off the loop
+                await trio.to_thread.run_sync(writer.write, content)
+            else:
+                writer.write(content)
+            return await writer.commit(Envelope(
+                sender=sender, recipients=list(recipients), mail_params=dict(mail_params or {}),
+                rcpt_params=[dict(params.get(r, {})) for r in recipients],
+                attributes=attrs, state="outgoing"))
         finally:
             writer.abort()
             self.wake()
 
+    # -- choosing what to try
+
     def due(self, now: float | None = None) -> list[QueuedMessage]:
+        """Entries whose next attempt has come (or that a flush request covers), not in flight."""
         now = time.time() if now is None else now
+        # A flush request covers what was queued before it: one scan spends it (what fails
+        # again is re-queued, later than the request, on its normal schedule).
+        flushes = consume_flush_requests(self.spool.root)
         out = []
         for entry in self.spool.list():
             if entry.id in self.in_flight:
                 continue
-            if float(entry.envelope.attributes.get(ATTR_NEXT_ATTEMPT) or 0) <= now:
+            if (float(entry.envelope.attributes.get(ATTR_NEXT_ATTEMPT) or 0) <= now
+                    or any(f.matches(entry) for f in flushes)):
                 out.append(entry)
         return out
 
-    async def run(self, *, poll_interval: float = 1.0,
-                  task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver due entries until cancelled (looks again every ``poll_interval`` seconds,
-        or at once after :meth:`wake`)."""
-        self._wake = trio.Event()
-        task_status.started()
-        while True:
-            self._wake = trio.Event()
-            await self.run_once()
-            with trio.move_on_after(poll_interval):
-                await self._wake.wait()
-
     def wake(self) -> None:
-        """Something was queued or should be retried now (``chainmail queue flush``)."""
+        """Something was queued or should be tried now."""
         self._wake.set()
 
-    async def run_once(self, now: float | None = None) -> int:
-        """Try every due entry once; returns how many were tried."""
-        entries = self.due(now)
-        limiter = trio.CapacityLimiter(max(1, self.max_parallel))
+    def _dispatch(self, entries: list[QueuedMessage], nursery: trio.Nursery) -> None:
+        for entry in entries:
+            self.in_flight.add(entry.id)
+            key = destination_of(entry.envelope, self.config)
+            self._waiting.setdefault(key, deque()).append(entry)
+        for key, waiting in list(self._waiting.items()):
+            while waiting and self._workers.get(key, 0) < min(len(waiting), self.per_destination):
+                self._workers[key] = self._workers.get(key, 0) + 1
+                nursery.start_soon(self._worker, key, name=f"outgoing-{key}")
 
-        async def one(entry: QueuedMessage) -> None:
-            async with limiter:
+    async def _worker(self, key: str) -> None:
+        """Take ``key``'s entries one after the other (a pooled connection carries them)."""
+        waiting = self._waiting[key]
+        try:
+            while waiting:
+                entry = waiting.popleft()
                 try:
-                    await self.attempt(entry)
+                    async with self._limiter:
+                        await self.attempt(entry)
                 except Exception:
-                    log.exception("%s: delivery run failed; the entry stays queued", entry.id)
+                    log.exception("%s: delivery failed unexpectedly; the entry stays queued",
+                                  entry.id)
                 finally:
                     self.in_flight.discard(entry.id)
+        finally:
+            self._workers[key] -= 1
+            if not self._workers[key]:
+                del self._workers[key]
+                if not waiting:
+                    self._waiting.pop(key, None)
 
+    # -- running
+
+    async def run(self, *, poll_interval: float = 1.0,
+                  task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver due entries until cancelled (looks every ``poll_interval`` seconds, or at
+        once after :meth:`wake`).  Attempts run in the background: a slow server never
+        delays the others."""
+        self._wake = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    self._wake = trio.Event()
+                    try:
+                        entries = await trio.to_thread.run_sync(self.due)
+                    except OSError as exc:
+                        log.error("cannot list the outgoing queue %s: %s", self.spool.root, exc)
+                        entries = []
+                    self._dispatch(entries, nursery)
+                    if self.pool is not None:
+                        await self.pool.expire()
+                    with trio.move_on_after(poll_interval):
+                        await self._wake.wait()
+        finally:
+            if self.pool is not None:
+                with trio.move_on_after(2) as scope:
+                    scope.shield = True
+                    await self.pool.aclose()
+
+    async def run_once(self, now: float | None = None) -> int:
+        """Try every due entry once and wait for the attempts; returns how many were tried."""
+        entries = self.due(now)
         async with trio.open_nursery() as nursery:
-            for entry in entries:
-                self.in_flight.add(entry.id)
-                nursery.start_soon(one, entry)
+            self._dispatch(entries, nursery)
         return len(entries)
 
-    async def attempt(self, entry: QueuedMessage) -> Outcome:
-        """One delivery attempt of ``entry``, its outcome applied durably."""
-        with self.spool.open_body(entry.id) as fh:
-            content = fh.read()
+    # -- one attempt
+
+    def _read(self, entry: QueuedMessage) -> bytes | None:
+        try:
+            with self.spool.open_body(entry.id) as fh:
+                return fh.read()
+        except KeyError:
+            return None
+
+    async def attempt(self, entry: QueuedMessage) -> Outcome | None:
+        """One delivery attempt of ``entry``, its outcome applied durably (None: the entry
+        was removed meanwhile, by ``chainmail queue remove``)."""
+        content = self._read(entry) if entry.size <= 256 * 1024 else \
+            await trio.to_thread.run_sync(self._read, entry)
+        if content is None:
+            return None
         env = entry.envelope
         count = int(env.attributes.get(ATTR_RETRY_COUNT) or 0)
-        outcome = await self.deliver_fn(env.sender, env.recipients, content, config=self.config,
-                                        dns=self.dns, retry_count=count)
+        rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params) if p}
+        outcome = await self.deliver_fn(
+            env.sender, env.recipients, content, config=self.config, dns=self.dns,
+            retry_count=count, mail_params=env.mail_params, rcpt_params=rcpt_params,
+            require_tls=_requires_tls(env), priority=_priority(env, self.config), pool=self.pool)
         with trio.CancelScope(shield=True):
-            failed = dict(outcome.failed)
-            too_many = False
-            if outcome.pending:
-                if count < self.config.max_retries:
-                    delay = self.config.delays.delay_before_retry(count + 1) / 1000
-                    new_id = await self.enqueue(
-                        env.sender, outcome.pending, content,
-                        name=str(env.attributes.get(ATTR_NAME, "")),
-                        attributes={k: v for k, v in env.attributes.items()},
-                        retry_count=count + 1, next_attempt=time.time() + delay,
-                        last_error=outcome.message)
-                    log.info("%s: temporary failure for %d recipient(s) (%s); retry %d of %d "
-                             "in %.0f s as %s", entry.id, len(outcome.pending), outcome.message,
-                             count + 1, self.config.max_retries, delay, new_id)
-                else:
-                    too_many = True
-                    reason = (f"Too many retries failure. Bouncing after {count} retries. "
-                              f"{outcome.message}")
-                    failed.update({r: reason for r in outcome.pending})
-            if failed:
-                await self.bounce(Bounce(entry, content, failed, outcome, too_many))
-            await self.spool.aremove(entry.id)
+            await self._apply(entry, content, count, outcome)
+        return outcome
+
+    async def _apply(self, entry: QueuedMessage, content: bytes, count: int,
+                     outcome: Outcome) -> None:
+        env = entry.envelope
+        failed = dict(outcome.failed)
+        too_many = False
+        if outcome.pending:
+            if count < self.config.max_retries:
+                delay = self.config.delays.delay_before_retry(count + 1) / 1000
+                rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params)}
+                new_id = await self.enqueue(
+                    env.sender, outcome.pending, content,
+                    name=str(env.attributes.get(ATTR_NAME, "")),
+                    attributes=dict(env.attributes), retry_count=count + 1,
+                    next_attempt=time.time() + delay, last_error=outcome.message,
+                    mail_params=env.mail_params, rcpt_params=rcpt_params)
+                log.info("%s: temporary failure for %d recipient(s) (%s); retry %d of %d "
+                         "in %.0f s as %s", entry.id, len(outcome.pending), outcome.message,
+                         count + 1, self.config.max_retries, delay, new_id)
+            else:
+                too_many = True
+                reason = (f"Too many retries failure. Bouncing after {count} retries. "
+                          f"{outcome.message}")
+                failed.update({r: reason for r in outcome.pending})
+        if failed:
+            await self.bounce(Bounce(entry, content, failed, outcome, too_many))
+            log.info("%s: failed for %s: %s", entry.id, ", ".join(failed),
+                     "; ".join(sorted(set(failed.values()))))
         if outcome.delivered:
             log.info("%s: delivered to %s at %s", entry.id, ", ".join(outcome.delivered),
                      outcome.remote_mta)
-        return outcome
+            if self.delivered is not None:
+                await self.delivered(Delivered(entry, content, list(outcome.delivered), outcome))
+        try:
+            await self.spool.aremove(entry.id)
+        except KeyError:
+            log.info("%s: already removed from the outgoing queue", entry.id)

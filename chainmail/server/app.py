@@ -58,9 +58,13 @@ def make_context(server_config, *, domains, spool, users=None, rrt=None) -> Serv
 
 async def run_servers(contexts: list[ServerContext], *, grace_period: float = DEFAULT_GRACE_PERIOD,
                       task_status=trio.TASK_STATUS_IGNORED, stop_event: trio.Event | None = None,
-                      spool=None, spooler=None) -> None:
+                      spool=None, spooler=None, services=()) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop_event``): then stop accepting, end idle sessions
-    with 421, let transactions in flight finish within ``grace_period``, and return."""
+    with 421, let transactions in flight finish within ``grace_period``, and return.
+
+    ``services`` are background tasks of the mailet container (objects with ``async
+    run(task_status)``, such as RemoteDelivery's delivery loop): started before the
+    listeners open, cancelled after the sessions and the spooler have finished."""
     stop_event = stop_event or trio.Event()
     async with AsyncExitStack() as stack:
         if any(ctx.chain.needs_asyncio for ctx in contexts):
@@ -74,6 +78,8 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                 await outer.start(spool.run)
             if spooler is not None:  # the mailet container's spool workers
                 await outer.start(spooler.run)
+            for service in services:
+                await outer.start(service.run)
             async with trio.open_nursery() as connections:
                 accept_scope = trio.CancelScope()
                 all_listeners = []

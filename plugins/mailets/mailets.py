@@ -212,9 +212,14 @@ class Bounce(GenericMailet):
         self.pass_through = config.get_bool("passThrough", self.default_pass_through)
 
     async def service(self, mail):
+        # After RemoteDelivery (bounceProcessor): each recipient's own reason and the server
+        # that gave it go into the report.
+        details = mail.attributes.get("chainmail.delivery-errors")
         await self.context.bounce(mail, mail.error_message if not self.notice else
                                   self.notice + (f" ({mail.error_message})" if mail.error_message else ""),
-                                  status=self.status, attachment=self.attachment)
+                                  status=self.status, attachment=self.attachment,
+                                  details=details if isinstance(details, dict) else None,
+                                  remote_mta=mail.attributes.get("chainmail.remote-mta"))
         if not self.pass_through:
             mail.state = GHOST
 
