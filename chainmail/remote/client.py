@@ -6,6 +6,18 @@ envelope pipelined in one write when the server offers ``PIPELINING`` (RFC 2920)
 (RFC 1870), ``BODY=8BITMIME`` (RFC 6152), ``SMTPUTF8`` (RFC 6531), per-recipient results,
 ``DATA`` with dot-stuffing, ``RSET`` between mails on the same connection, and ``QUIT``.
 
+What goes on ``MAIL`` and ``RCPT`` depends on what the server offers:
+
+- 8-bit content to a server without ``8BITMIME`` is made 7-bit first
+  (:mod:`chainmail.remote.sevenbit`); 8-bit headers without ``SMTPUTF8`` are downgraded;
+- non-ASCII addresses without ``SMTPUTF8``: domains go as A-labels (as James's
+  ``SmtpUtf8Strategy``); a non-ASCII local part cannot be downgraded, so that address is
+  refused locally with ``553 5.6.7`` (RFC 6531 §3.6);
+- ``RET``/``ENVID`` and ``NOTIFY``/``ORCPT`` (RFC 3461) only when ``DSN`` is offered;
+- ``MT-PRIORITY`` (RFC 6710) only when offered;
+- ``REQUIRETLS`` (RFC 8689) only over TLS with a verified certificate to a server offering it;
+  otherwise the mail is not sent (:class:`SmtpTlsRequiredError`).
+
 Replies are :class:`chainmail.protocol.replies.Reply` values, the type the server side uses.
 
 Failures are exceptions with the classification RemoteDelivery needs:
@@ -23,22 +35,31 @@ from __future__ import annotations
 
 import base64
 import re
+import select
 import ssl
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import trio
 
 from ..protocol.replies import Reply
+from .sevenbit import ConversionError, downgrade_headers, has_8bit, split_entity, to_seven_bit
+
+try:
+    import idna as _idna
+except ImportError:    # pragma: no cover - the stdlib codec (IDNA 2003) is close enough
+    _idna = None
 
 __all__ = [
     "SmtpError", "SmtpConnectionError", "SmtpReplyError", "SmtpTlsRequiredError",
-    "RecipientResult", "SendResult", "SmtpClient", "client_tls_context", "dot_stuff",
+    "SmtpTlsHandshakeError", "RecipientResult", "SendResult", "SmtpClient", "client_tls_context", "dot_stuff",
 ]
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 256
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+DSN_MAIL_KEYS = ("RET", "ENVID")
+DSN_RCPT_KEYS = ("NOTIFY", "ORCPT")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
@@ -54,7 +75,11 @@ class SmtpConnectionError(SmtpError):
 
 
 class SmtpTlsRequiredError(SmtpError):
-    """STARTTLS is required but the server does not offer it (or refused it)."""
+    """STARTTLS (or REQUIRETLS) is required but the server does not offer it (or refused it)."""
+
+
+class SmtpTlsHandshakeError(SmtpConnectionError):
+    """The TLS handshake failed (e.g. the certificate did not verify): the host offers no usable TLS."""
 
 
 class SmtpReplyError(SmtpError):
@@ -131,6 +156,47 @@ def _is_ascii(addr: str) -> bool:
     return addr.isascii()
 
 
+def _a_label(domain: str) -> str:
+    """The ASCII form of an internationalised domain (``xn--``); ``ValueError`` if invalid."""
+    if _idna is not None:
+        try:
+            return _idna.encode(domain, uts46=True).decode("ascii")
+        except _idna.IDNAError as exc:
+            raise ValueError(str(exc)) from exc
+    return domain.encode("idna").decode("ascii")
+
+
+def ascii_address(address: str) -> str | None:
+    """``address`` as it may go to a server without SMTPUTF8, or None when it cannot."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    try:
+        return f"{local}@{_a_label(domain)}"
+    except (ValueError, UnicodeError):
+        return None
+
+
+def _param_value_ok(value: object, utf8: bool) -> bool:
+    """A value that cannot break the command line (xtext is passed through as received)."""
+    return (isinstance(value, str) and bool(value) and value.isprintable() and " " not in value
+            and (utf8 or value.isascii()))
+
+
+def esmtp_params(params: Mapping[str, object] | None, keys: Sequence[str], *,
+                 utf8: bool = False) -> list[str]:
+    """``KEY=value`` for the ``keys`` present in ``params`` (names case-insensitive)."""
+    upper = {str(k).upper(): v for k, v in (params or {}).items()}
+    return [f"{k}={upper[k]}" for k in keys if k in upper and _param_value_ok(upper[k], utf8)]
+
+
+def _refused_utf8(address: str, host: str) -> Reply:
+    return Reply.of(553, f"Non-ASCII address <{address}> needs SMTPUTF8, which {host} "
+                         f"does not offer", "5.6.7")
+
+
 class SmtpClient:
     """One SMTP session.  Make it with :meth:`connect`; close it with :meth:`quit` or :meth:`aclose`."""
 
@@ -146,7 +212,10 @@ class SmtpClient:
         self.esmtp = False
         self.extensions: dict[str, str] = {}
         self.tls = isinstance(stream, trio.SSLStream)
+        self.verified = False
         self.authenticated = False
+        self.messages = 0        # transactions started on this connection
+        self.replies = 0         # replies read on this connection
 
     # ------------------------------------------------------------------ connecting
 
@@ -199,10 +268,15 @@ class SmtpClient:
                 await tls.do_handshake()
         except trio.TooSlowError:
             raise SmtpConnectionError(f"TLS handshake with {self.host} timed out") from None
-        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+            error = SmtpTlsHandshakeError if isinstance(cause, ssl.SSLError) else SmtpConnectionError
+            raise error(f"TLS handshake with {self.host} failed: {cause or exc}") from exc
+        except OSError as exc:
             raise SmtpConnectionError(f"TLS handshake with {self.host} failed: {exc}") from exc
         self.stream = tls
         self.tls = True
+        self.verified = ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
         self.buffer.clear()
 
     async def hello(self) -> Reply:
@@ -259,7 +333,10 @@ class SmtpClient:
     # ------------------------------------------------------------------ sending
 
     async def send(self, sender: str, recipients: Sequence[str], content: bytes, *,
-                   send_partial: bool = False, mail_params: Iterable[str] = ()) -> SendResult:
+                   send_partial: bool = False, mail_params: Iterable[str] = (),
+                   dsn: Mapping[str, object] | None = None,
+                   rcpt_dsn: Mapping[str, Mapping[str, object]] | None = None,
+                   priority: int | None = None, require_tls: bool = False) -> SendResult:
         """One mail: ``MAIL``, ``RCPT`` per recipient, ``DATA``.
 
         A refused ``MAIL`` raises :class:`SmtpReplyError`.  Refused recipients are in the
@@ -267,34 +344,33 @@ class SmtpClient:
         accepted it is never sent (the session is reset in both cases).  The mail is
         delivered to :attr:`SendResult.delivered` when the reply to DATA is ``2xx``; a
         refused DATA is in :attr:`SendResult.data_reply`.
+
+        ``dsn`` (``RET``, ``ENVID``) and ``rcpt_dsn`` (recipient -> ``NOTIFY``, ``ORCPT``)
+        go out only when the server offers ``DSN``; ``priority`` only with ``MT-PRIORITY``.
+        ``require_tls`` refuses to send unless ``REQUIRETLS`` can be asked for.
         """
-        params = list(mail_params)
-        size_limit = self.extensions.get("SIZE")
-        if "SIZE" in self.extensions:
-            if size_limit and size_limit.isdigit() and 0 < int(size_limit) < len(content):
-                raise SmtpReplyError("MAIL", Reply.of(
-                    552, f"Message size {len(content)} exceeds fixed maximum message size "
-                         f"{size_limit} of {self.host}", "5.3.4"))
-            params.append(f"SIZE={len(content)}")
-        if "8BITMIME" in self.extensions and any(b > 127 for b in content):
-            params.append("BODY=8BITMIME")
-        if "SMTPUTF8" in self.extensions and not all(
-                _is_ascii(a) for a in (sender, *recipients)):
-            params.append("SMTPUTF8")
-        mail_cmd = " ".join([f"MAIL FROM:<{sender}>", *params])
-        rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
-        if "PIPELINING" in self.extensions:
-            await self.write(b"".join(f"{c}\r\n".encode("utf-8") for c in (mail_cmd, *rcpt_cmds)))
-            mail_reply = await self.read_reply()
-            rcpt_replies = [await self.read_reply() for _ in rcpt_cmds]
-            if mail_reply.code != 250:
-                raise SmtpReplyError("MAIL", mail_reply)
-        else:
-            mail_reply = await self.command(mail_cmd)
-            if mail_reply.code != 250:
-                raise SmtpReplyError("MAIL", mail_reply)
-            rcpt_replies = [await self.command(c) for c in rcpt_cmds]
-        result = SendResult(mail_reply, [RecipientResult(a, r) for a, r in zip(recipients, rcpt_replies)])
+        if require_tls:
+            self._check_requiretls()
+        utf8 = self._wants_smtputf8(sender, recipients, content)
+        content, params = self._prepare_content(content, utf8)
+        params += self._mail_params(utf8, dsn, priority, require_tls)
+        params += list(mail_params)
+        wire_sender = sender if utf8 else ascii_address(sender)
+        if wire_sender is None:
+            raise SmtpReplyError("MAIL", _refused_utf8(sender, self.host))
+        wire = {r: (r if utf8 else ascii_address(r)) for r in recipients}
+        sendable = [r for r in recipients if wire[r] is not None]
+        if not sendable:
+            raise SmtpReplyError("RCPT", _refused_utf8(recipients[0], self.host))
+        self.messages += 1
+        mail_cmd = " ".join([f"MAIL FROM:<{wire_sender}>", *params])
+        rcpt_cmds = [" ".join([f"RCPT TO:<{wire[r]}>", *self._rcpt_params(r, utf8, rcpt_dsn)])
+                     for r in sendable]
+        mail_reply, rcpt_replies = await self._envelope(mail_cmd, rcpt_cmds)
+        replies = dict(zip(sendable, rcpt_replies))
+        result = SendResult(mail_reply, [
+            RecipientResult(r, replies[r] if r in replies else _refused_utf8(r, self.host))
+            for r in recipients])
         if not result.accepted or (result.refused and not send_partial):
             await self.rset()
             return result
@@ -305,6 +381,102 @@ class SmtpClient:
         await self.write(dot_stuff(content))
         result.data_reply = await self.read_reply()
         return result
+
+    def _check_requiretls(self) -> None:
+        if not (self.tls and self.verified):
+            raise SmtpTlsRequiredError(f"{self.host}: REQUIRETLS needs TLS with a verified certificate")
+        if "REQUIRETLS" not in self.extensions:
+            raise SmtpTlsRequiredError(f"{self.host} does not offer REQUIRETLS")
+
+    def _wants_smtputf8(self, sender: str, recipients: Sequence[str], content: bytes) -> bool:
+        """SMTPUTF8 goes on MAIL when offered and the envelope or the headers need it."""
+        if "SMTPUTF8" not in self.extensions:
+            return False
+        if not all(_is_ascii(a) for a in (sender, *recipients)):
+            return True
+        return has_8bit(split_entity(content)[0])
+
+    def _prepare_content(self, content: bytes, utf8: bool) -> tuple[bytes, list[str]]:
+        """The content as this server can take it, with its ``SIZE`` and ``BODY`` parameters."""
+        if not has_8bit(content):
+            return content, self._size_params(content)
+        try:
+            if not utf8:
+                header, sep, body = split_entity(content)
+                content = downgrade_headers(header) + sep + body
+            if "8BITMIME" not in self.extensions and has_8bit(content):
+                content = to_seven_bit(content, by=self.helo_name)
+        except ConversionError as exc:
+            raise SmtpReplyError("MAIL", Reply.of(exc.code, str(exc), exc.enhanced)) from None
+        params = self._size_params(content)
+        if has_8bit(content):
+            params.append("BODY=8BITMIME")
+        return content, params
+
+    def _size_params(self, content: bytes) -> list[str]:
+        """``SIZE=<n>``; larger than the advertised limit is refused here (``552 5.3.4``)."""
+        if "SIZE" not in self.extensions:
+            return []
+        size_limit = self.extensions["SIZE"]
+        if size_limit and size_limit.isdigit() and 0 < int(size_limit) < len(content):
+            raise SmtpReplyError("MAIL", Reply.of(
+                552, f"Message size {len(content)} exceeds fixed maximum message size "
+                     f"{size_limit} of {self.host}", "5.3.4"))
+        return [f"SIZE={len(content)}"]
+
+    def _mail_params(self, utf8: bool, dsn: Mapping[str, object] | None, priority: int | None,
+                     require_tls: bool) -> list[str]:
+        params = ["SMTPUTF8"] if utf8 else []
+        if "DSN" in self.extensions:
+            params += esmtp_params(dsn, DSN_MAIL_KEYS, utf8=utf8)
+        if priority is not None and "MT-PRIORITY" in self.extensions:
+            params.append(f"MT-PRIORITY={priority}")
+        if require_tls:
+            params.append("REQUIRETLS")
+        return params
+
+    def _rcpt_params(self, recipient: str, utf8: bool,
+                     rcpt_dsn: Mapping[str, Mapping[str, object]] | None) -> list[str]:
+        if "DSN" not in self.extensions or not rcpt_dsn:
+            return []
+        return esmtp_params(rcpt_dsn.get(recipient), DSN_RCPT_KEYS, utf8=utf8)
+
+    async def _envelope(self, mail_cmd: str, rcpt_cmds: list[str]) -> tuple[Reply, list[Reply]]:
+        """``MAIL`` and the ``RCPT``s, in one write with ``PIPELINING``."""
+        if "PIPELINING" in self.extensions:
+            await self.write(b"".join(f"{c}\r\n".encode("utf-8") for c in (mail_cmd, *rcpt_cmds)))
+            mail_reply = await self.read_reply()
+            try:
+                rcpt_replies = [await self.read_reply() for _ in rcpt_cmds]
+            except SmtpConnectionError:
+                if mail_reply.code != 250:   # e.g. 421 then close: the MAIL reply says why
+                    raise SmtpReplyError("MAIL", mail_reply) from None
+                raise
+            if mail_reply.code != 250:
+                raise SmtpReplyError("MAIL", mail_reply)
+            return mail_reply, rcpt_replies
+        mail_reply = await self.command(mail_cmd)
+        if mail_reply.code != 250:
+            raise SmtpReplyError("MAIL", mail_reply)
+        return mail_reply, [await self.command(c) for c in rcpt_cmds]
+
+    def idle_ok(self) -> bool:
+        """True when an idle connection has nothing unread: no reply, no close, no TLS alert.
+
+        A server that timed the connection out has sent ``421`` or closed it; either makes
+        the socket readable, so the connection is not worth a new transaction.
+        """
+        if self.buffer:
+            return False
+        stream = self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     async def rset(self) -> Reply | None:
         """``RSET``; errors are ignored (the caller closes the connection on failure)."""
@@ -384,6 +556,7 @@ class SmtpClient:
                         raise SmtpConnectionError(f"{self.host} sent a reply of over {MAX_REPLY_LINES} lines")
         except trio.TooSlowError:
             raise SmtpConnectionError(f"{self.host} did not answer within {self.timeout:g} s") from None
+        self.replies += 1
         enhanced = None
         m = _ENHANCED.match(lines[0])
         if m and m.group(1) == str(code)[0]:

@@ -14,6 +14,12 @@ order with :class:`chainmail.remote.client.SmtpClient` until one takes the mail:
   ``maxDnsProblemRetries`` times (temporary before); a DNS lookup that could not complete is
   temporary.
 
+Beyond James: ``pool`` reuses idle connections (:mod:`chainmail.remote.pool`);
+``require_tls`` (RFC 8689) skips every host that cannot give verified TLS with REQUIRETLS and
+fails with ``5.7.30`` when none can; DSN parameters (RFC 3461) and MT-PRIORITY (RFC 6710) go
+only to servers that offer them, and a NOTIFY=SUCCESS that cannot be passed on is reported in
+``Outcome.relayed``.
+
 The outcome says, per recipient, what happened; the RemoteDelivery mailet turns it into
 retries and bounces.  See docs/remote-delivery.md.
 """
@@ -24,12 +30,13 @@ import logging
 import random
 import ssl
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from .client import (
-    SmtpClient, SmtpConnectionError, SmtpError, SmtpReplyError, SmtpTlsRequiredError,
-    client_tls_context,
+    SendResult, SmtpClient, SmtpConnectionError, SmtpError, SmtpReplyError,
+    SmtpTlsHandshakeError, SmtpTlsRequiredError, client_tls_context,
 )
+from .pool import ConnectionPool, PoolKey
 from .config import RemoteDeliveryConfig
 from .dns import DnsError, DnsService, NoDnsEntries
 
@@ -55,7 +62,9 @@ class Outcome:
     """What one attempt achieved.
 
     ``delivered``: recipients the remote server accepted the mail for; ``failed``: recipient
-    -> reason, permanent; ``pending``: recipients to retry later.  ``kind`` is ``success``
+    -> reason, permanent; ``pending``: recipients to retry later; ``relayed``: delivered
+    recipients that asked NOTIFY=SUCCESS of a server without DSN, owed a "relayed" DSN by
+    the caller (RFC 3461 §4.1).  ``kind`` is ``success``
     when nothing is pending or failed, ``temporary`` when something is pending, else
     ``permanent``.
     """
@@ -66,6 +75,7 @@ class Outcome:
     message: str = ""
     code: int | None = None
     remote_mta: str | None = None
+    relayed: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -113,11 +123,134 @@ def _tls_context(config: RemoteDeliveryConfig) -> ssl.SSLContext:
                               trust_all=config.ssl_trust_all_certs)
 
 
+def _verifies(ctx: ssl.SSLContext) -> bool:
+    """RFC 8689 §4.2.1: REQUIRETLS needs the chain and the name verified."""
+    return ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+def _starttls_mode(config: RemoteDeliveryConfig, require_tls: bool) -> str:
+    if require_tls or config.starttls_required:
+        return "required"
+    return "opportunistic" if config.starttls_enabled else "never"
+
+
+def _priority(priority: int | None) -> int | None:
+    """RFC 6710 priorities are -9..9; a value outside is clamped rather than lost."""
+    if priority is None:
+        return None
+    clamped = max(-9, min(9, int(priority)))
+    if clamped != priority:
+        log.warning("MT-PRIORITY %s is outside -9..9; sending %d", priority, clamped)
+    return clamped
+
+
+@dataclass
+class _Attempt:
+    """What stays the same for every target of one attempt."""
+
+    sender: str
+    recipients: list[str]
+    content: bytes
+    config: RemoteDeliveryConfig
+    ctx: ssl.SSLContext
+    starttls: str
+    pool: ConnectionPool | None
+    send_args: dict
+
+    def key(self, target: Target) -> PoolKey:
+        config = self.config
+        auth = config.gateway_username if config.gateways else None
+        return PoolKey(target.address, target.port, target.implicit_tls, target.host,
+                       "never" if target.implicit_tls else self.starttls,
+                       (self.ctx.verify_mode, self.ctx.check_hostname), auth,
+                       config.helo_name, config.bind)
+
+    async def connect(self, target: Target) -> SmtpClient:
+        config = self.config
+        client = await SmtpClient.connect(
+            target.address, target.port, helo_name=config.helo_name,
+            timeout=max(config.timeout_ms, 1) / 1000,
+            connect_timeout=max(config.connection_timeout_ms, 1) / 1000,
+            tls_context=self.ctx, server_hostname=target.host, implicit_tls=target.implicit_tls,
+            starttls="never" if target.implicit_tls else self.starttls, bind=config.bind)
+        if config.gateways and config.gateway_username is not None:
+            try:
+                await client.login(config.gateway_username, config.gateway_password or "")
+            except BaseException:
+                await client.quit()
+                raise
+        return client
+
+    async def transaction(self, client: SmtpClient) -> SendResult:
+        """One mail on ``client``; on an error the connection is closed, never reused."""
+        try:
+            return await client.send(self.sender, self.recipients, self.content,
+                                     send_partial=self.config.send_partial, **self.send_args)
+        except SmtpConnectionError:
+            await client.aclose()
+            raise
+        except BaseException:
+            await client.quit()
+            raise
+
+    async def send(self, target: Target) -> tuple[SmtpClient, SendResult]:
+        """The mail over a pooled connection when one is idle, else over a new one.
+
+        A pooled connection that dies before the first reply of the new transaction (or
+        answers MAIL with ``421``) was closed by the server while idle: it is replaced once
+        by a new connection, and the target does not count as failed.
+        """
+        client = await self.pool.take(self.key(target)) if self.pool else None
+        if client is not None:
+            before = client.replies
+            try:
+                return client, await self.transaction(client)
+            except SmtpConnectionError as exc:
+                if client.replies != before:
+                    raise
+                log.info("%s: idle connection was closed (%s); connecting again", target.host, exc)
+            except SmtpReplyError as exc:
+                if exc.command != "MAIL" or exc.reply.code != 421:
+                    raise
+                log.info("%s: idle connection refused (%s); connecting again", target.host, exc)
+        client = await self.connect(target)
+        return client, await self.transaction(client)
+
+    async def release(self, target: Target, client: SmtpClient, result: SendResult) -> None:
+        """Back to the pool after a delivered mail; QUIT otherwise."""
+        if self.pool is not None and result.delivered:
+            await self.pool.give_back(self.key(target), client)
+        else:
+            await client.quit()
+
+
+def _dns_failure(outcome: Outcome, remaining: list[str], exc: DnsError, config: RemoteDeliveryConfig,
+                 retry_count: int) -> Outcome:
+    outcome.message = str(exc)
+    permanent = exc.permanent or (isinstance(exc, NoDnsEntries)
+                                  and retry_count >= config.max_dns_problem_retries)
+    if permanent:
+        outcome.failed = {r: str(exc) for r in remaining}
+    else:
+        outcome.pending = remaining
+    return outcome
+
+
 async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
                   config: RemoteDeliveryConfig, dns: DnsService, retry_count: int = 0,
                   tls_context: ssl.SSLContext | None = None,
-                  rng: random.Random | None = None) -> Outcome:
-    """Try once to deliver ``content`` to ``recipients`` (all of one domain, or via gateways)."""
+                  rng: random.Random | None = None,
+                  mail_params: Mapping[str, Any] | None = None,
+                  rcpt_params: Mapping[str, Mapping[str, Any]] | None = None,
+                  require_tls: bool = False, priority: int | None = None,
+                  pool: ConnectionPool | None = None) -> Outcome:
+    """Try once to deliver ``content`` to ``recipients`` (all of one domain, or via gateways).
+
+    ``mail_params`` gives ``RET``/``ENVID`` and ``rcpt_params`` each recipient's
+    ``NOTIFY``/``ORCPT`` (RFC 3461; other keys are ignored), sent only to servers offering
+    DSN.  ``require_tls`` asks for RFC 8689 REQUIRETLS; ``priority`` is RFC 6710's
+    MT-PRIORITY.  ``pool`` reuses idle connections and keeps them after a delivery.
+    """
     outcome = Outcome()
     remaining = list(recipients)
     if not remaining:
@@ -126,71 +259,93 @@ async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
     try:
         targets = await targets_for(domain, config, dns, rng=rng)
     except DnsError as exc:
-        outcome.message = str(exc)
-        permanent = exc.permanent or (isinstance(exc, NoDnsEntries)
-                                      and retry_count >= config.max_dns_problem_retries)
-        if permanent:
-            outcome.failed = {r: str(exc) for r in remaining}
-        else:
-            outcome.pending = remaining
-        return outcome
+        return _dns_failure(outcome, remaining, exc, config, retry_count)
     ctx = tls_context or _tls_context(config)
-    if config.starttls_required:
-        starttls = "required"
-    elif config.starttls_enabled:
-        starttls = "opportunistic"
-    else:
-        starttls = "never"
+    if require_tls and not _verifies(ctx):
+        return _requiretls_failed(outcome, remaining, "certificate verification is turned off")
+    attempt = _Attempt(sender, remaining, content, config, ctx, _starttls_mode(config, require_tls),
+                       pool, dict(dsn=mail_params, rcpt_dsn=rcpt_params,
+                                  priority=_priority(priority), require_tls=require_tls))
     last_error = f"no address to connect to for {domain}"
+    unsatisfied: list[str] = []     # REQUIRETLS: hosts reached that cannot provide it
+    unreachable = False
     for target in targets:
         try:
-            client = await SmtpClient.connect(
-                target.address, target.port, helo_name=config.helo_name,
-                timeout=max(config.timeout_ms, 1) / 1000,
-                connect_timeout=max(config.connection_timeout_ms, 1) / 1000,
-                tls_context=ctx, server_hostname=target.host, implicit_tls=target.implicit_tls,
-                starttls="never" if target.implicit_tls else starttls, bind=config.bind)
-        except SmtpConnectionError as exc:
+            client, result = await attempt.send(target)
+        except SmtpTlsHandshakeError as exc:
             last_error = str(exc)
             log.info("%s: %s", target.host, exc)
-            continue
-        except SmtpError as exc:
-            return _stop(outcome, remaining, exc, target)
-        try:
-            if config.gateways and config.gateway_username is not None:
-                await client.login(config.gateway_username, config.gateway_password or "")
-            result = await client.send(sender, remaining, content, send_partial=config.send_partial)
-        except SmtpConnectionError as exc:
-            await client.aclose()
-            last_error = str(exc)
-            continue
-        except SmtpError as exc:
-            await client.quit()
-            return _stop(outcome, remaining, exc, target)
-        await client.quit()
-        outcome.remote_mta = target.host
-        refused_perm = {r.address: str(r.reply) for r in result.refused if r.reply.code >= 500}
-        refused_temp = [r for r in result.refused if r.reply.code < 500]
-        outcome.failed.update(refused_perm)
-        if result.data_reply is not None and not 200 <= result.data_reply.code < 300:
-            reason = str(result.data_reply)
-            outcome.message, outcome.code = reason, result.data_reply.code
-            if result.data_reply.code >= 500:
-                outcome.failed.update({r: reason for r in result.accepted})
+            if require_tls:
+                unsatisfied.append(f"{target.host}: {exc}")
             else:
-                outcome.pending += result.accepted
-        else:
-            outcome.delivered += result.delivered
-            if result.data_reply is None:   # not sent: refused recipients, no sendpartial
-                outcome.pending += result.accepted
-        outcome.pending += [r.address for r in refused_temp]
-        if result.refused:
-            worst = result.refused[0].reply
-            outcome.message = outcome.message or str(worst)
-            outcome.code = outcome.code or worst.code
+                unreachable = True
+            continue
+        except SmtpConnectionError as exc:
+            last_error, unreachable = str(exc), True
+            log.info("%s: %s", target.host, exc)
+            continue
+        except SmtpTlsRequiredError as exc:
+            if not require_tls:
+                return _stop(outcome, remaining, exc, target)
+            log.info("%s: %s", target.host, exc)
+            unsatisfied.append(str(exc))
+            continue
+        except SmtpError as exc:
+            return _stop(outcome, remaining, exc, target)
+        relayed = _relayed(result, client, rcpt_params)
+        await attempt.release(target, client, result)
+        _record(outcome, result, target)
+        outcome.relayed += relayed
         return outcome
+    if unsatisfied and not unreachable:
+        return _requiretls_failed(outcome, remaining, "; ".join(unsatisfied))
     outcome.pending = remaining
     outcome.message = last_error
+    return outcome
+
+
+def _record(outcome: Outcome, result: SendResult, target: Target) -> None:
+    """Per recipient: delivered, failed (5xx) or pending (4xx, or not sent)."""
+    outcome.remote_mta = target.host
+    refused_perm = {r.address: str(r.reply) for r in result.refused if r.reply.code >= 500}
+    refused_temp = [r for r in result.refused if r.reply.code < 500]
+    outcome.failed.update(refused_perm)
+    if result.data_reply is not None and not 200 <= result.data_reply.code < 300:
+        reason = str(result.data_reply)
+        outcome.message, outcome.code = reason, result.data_reply.code
+        if result.data_reply.code >= 500:
+            outcome.failed.update({r: reason for r in result.accepted})
+        else:
+            outcome.pending += result.accepted
+    else:
+        outcome.delivered += result.delivered
+        if result.data_reply is None:   # not sent: refused recipients, no sendpartial
+            outcome.pending += result.accepted
+    outcome.pending += [r.address for r in refused_temp]
+    if result.refused:
+        worst = result.refused[0].reply
+        outcome.message = outcome.message or str(worst)
+        outcome.code = outcome.code or worst.code
+
+
+def _relayed(result: SendResult, client: SmtpClient,
+             rcpt_params: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """RFC 3461 §4.1: NOTIFY=SUCCESS to a server without DSN earns a "relayed" DSN."""
+    if "DSN" in client.extensions or not rcpt_params:
+        return []
+    return [r for r in result.delivered if _notify_success(rcpt_params.get(r))]
+
+
+def _notify_success(params: Mapping[str, Any] | None) -> bool:
+    notify = {str(k).upper(): v for k, v in (params or {}).items()}.get("NOTIFY")
+    return isinstance(notify, str) and "SUCCESS" in notify.upper().split(",")
+
+
+def _requiretls_failed(outcome: Outcome, remaining: list[str], why: str) -> Outcome:
+    """RFC 8689 §5: no host could take the mail with REQUIRETLS, a permanent failure."""
+    reason = f"550 5.7.30 REQUIRETLS support required ({why})"
+    outcome.failed.update({r: reason for r in remaining})
+    outcome.message, outcome.code = reason, 550
     return outcome
 
 

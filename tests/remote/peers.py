@@ -2,32 +2,70 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import partial
 
 import trio
 
-__all__ = ["Peer", "start_peer"]
+__all__ = ["Peer", "start_peer", "ehlo"]
+
+
+def ehlo(*keywords: str, name: str = "peer.test") -> bytes:
+    """A multi-line ``250`` EHLO reply announcing ``keywords``."""
+    lines = [name, *keywords]
+    return b"".join(f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode()
+                    for i, line in enumerate(lines))
 
 
 class Peer:
-    """A scripted SMTP server on 127.0.0.1: ``replies`` maps a command verb to its reply."""
+    """A scripted SMTP server on 127.0.0.1: ``replies`` maps a command verb to its reply.
 
-    def __init__(self, greeting=b"220 peer.test ESMTP\r\n", replies=None, stall=False):
+    A reply may be a callable of the command line; a reply of ``None`` closes the connection
+    without answering.  With ``tls`` (a server ``SSLContext``) ``STARTTLS`` is answered
+    ``220`` and the connection is wrapped; ``ehlo_tls`` is then the EHLO reply.
+    """
+
+    def __init__(self, greeting=b"220 peer.test ESMTP\r\n", replies=None, stall=False,
+                 tls: ssl.SSLContext | None = None, ehlo_tls: bytes | None = None):
         self.greeting = greeting
         self.replies = {
             "EHLO": b"500 5.5.1 what?\r\n", "HELO": b"250 peer.test\r\n",
             "MAIL": b"250 2.1.0 OK\r\n", "RCPT": b"250 2.1.5 OK\r\n",
             "DATA": b"354 go on\r\n", "RSET": b"250 OK\r\n", "QUIT": b"221 bye\r\n",
             "AUTH": b"235 2.7.0 Authentication successful\r\n",
+            "STARTTLS": b"220 2.0.0 ready\r\n",
             **(replies or {}),
         }
         self.stall = stall
+        self.tls = tls
+        self.ehlo_tls = ehlo_tls
         self.received: list[bytes] = []
         self.port = 0
+        self.connections = 0
+        self.open: set = set()
+
+    async def kick(self, reply: bytes = b"421 4.4.2 peer.test idle timeout\r\n") -> None:
+        """Say ``reply`` on every open connection and close it, as an idle timeout does."""
+        for stream in list(self.open):
+            try:
+                await stream.send_all(reply)
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def handle(self, stream):
+        self.connections += 1
         if self.stall:
             await trio.sleep_forever()
+        self.open.add(stream)
+        try:
+            await self.session(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.open.discard(stream)
+
+    async def session(self, stream):
         await stream.send_all(self.greeting)
         buf = b""
         in_data = False
@@ -54,13 +92,27 @@ class Peer:
                 word = line.split(b" ")[0].decode()
                 verb = word.upper()
                 reply = self.replies.get(word, self.replies.get(verb, b"502 no\r\n"))
+                if verb == "EHLO" and self.ehlo_tls and isinstance(stream, trio.SSLStream):
+                    reply = self.ehlo_tls
                 if callable(reply):
                     reply = reply(line)
+                if reply is None:
+                    await stream.aclose()
+                    return
                 await stream.send_all(reply)
                 if verb == "DATA" and reply.startswith(b"354"):
                     in_data = True
+                if verb == "STARTTLS" and self.tls and reply.startswith(b"220"):
+                    stream = await self.starttls(stream)
                 if verb == "QUIT":
                     return
+
+    async def starttls(self, stream):
+        self.open.discard(stream)
+        tls = trio.SSLStream(stream, self.tls, server_side=True)
+        await tls.do_handshake()
+        self.open.add(tls)
+        return tls
 
 
 async def start_peer(nursery, peer: Peer) -> Peer:
