@@ -277,6 +277,11 @@ class OutgoingQueue:
     async def _apply(self, entry: QueuedMessage, content: bytes, count: int,
                      outcome: Outcome) -> None:
         env = entry.envelope
+        if entry.id not in self.spool.ids():
+            # `chainmail queue remove` (another process) while it was being tried: removal wins
+            log.info("%s: removed from the queue during its attempt; no retry, no bounce",
+                     entry.id)
+            return
         failed = dict(outcome.failed)
         too_many = False
         if outcome.pending:

@@ -146,3 +146,100 @@ async def test_run_loop_delivers_what_is_queued(nursery, tmp_path):
                     await trio.sleep(0.02)
             inner.cancel_scope.cancel()
     assert any(r.startswith(b"DATA:") for r in peer.received)
+
+
+class Gate:
+    """A scripted deliver() that records concurrency per domain and waits to be released."""
+
+    def __init__(self, hold: set[str] = frozenset()):
+        import trio
+        self.hold = set(hold)
+        self.release = trio.Event()
+        self.active: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.done: list[str] = []
+        self.kwargs: list[dict] = []
+
+    async def __call__(self, sender, recipients, content, **kw):
+        import trio
+        domain = recipients[0].rpartition("@")[2]
+        self.kwargs.append(kw)
+        self.active[domain] = self.active.get(domain, 0) + 1
+        self.peak[domain] = max(self.peak.get(domain, 0), self.active[domain])
+        try:
+            if domain in self.hold:
+                await self.release.wait()
+            else:
+                await trio.sleep(0.01)
+        finally:
+            self.active[domain] -= 1
+        self.done.extend(recipients)
+        return Outcome(delivered=list(recipients), remote_mta=f"mx.{domain}")
+
+
+async def test_per_destination_limit_and_a_stalled_domain_does_not_block_others(tmp_path):
+    import trio
+    gate = Gate(hold={"slow.test"})
+    q = make_queue(tmp_path, 9, 9, [])
+    q.deliver_fn, q.per_destination = gate, 2
+    for i in range(6):
+        await q.enqueue("s@l.test", [f"u{i}@slow.test"], MESSAGE)
+    for i in range(6):
+        await q.enqueue("s@l.test", [f"u{i}@fast.test"], MESSAGE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: q.run(poll_interval=0.05, task_status=task_status))
+        with trio.fail_after(5):    # fast.test is served while slow.test hangs
+            while sum(1 for r in gate.done if r.endswith("@fast.test")) < 6:
+                await trio.sleep(0.01)
+        assert gate.active.get("slow.test") == 2          # two workers, both stuck
+        gate.release.set()
+        with trio.fail_after(5):
+            while q.spool.list():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert gate.peak == {"slow.test": 2, "fast.test": 2}
+
+
+async def test_envelope_parameters_reach_the_delivery(tmp_path):
+    gate = Gate()
+    q = make_queue(tmp_path, 9, 9, [], usePriority="true")
+    q.deliver_fn = gate
+    await q.enqueue("s@l.test", ["a@x.test", "b@x.test"], MESSAGE,
+                    mail_params={"RET": "HDRS", "REQUIRETLS": None, "MT-PRIORITY": "3"},
+                    rcpt_params={"b@x.test": {"NOTIFY": "SUCCESS"}})
+    await q.run_once()
+    [kw] = gate.kwargs
+    assert kw["mail_params"] == {"RET": "HDRS", "REQUIRETLS": None, "MT-PRIORITY": "3"}
+    assert kw["rcpt_params"] == {"b@x.test": {"NOTIFY": "SUCCESS"}}
+    assert kw["require_tls"] is True and kw["priority"] == 3
+
+
+async def test_flush_request_makes_waiting_entries_due(tmp_path):
+    from chainmail.remote.control import request_flush
+    gate = Gate()
+    q = make_queue(tmp_path, 9, 9, [])
+    q.deliver_fn = gate
+    later = time.time() + 3600
+    await q.enqueue("s@l.test", ["a@one.test"], MESSAGE, next_attempt=later)
+    await q.enqueue("s@l.test", ["b@two.test"], MESSAGE, next_attempt=later)
+    assert await q.run_once() == 0
+    request_flush(q.spool.root, "two.test")
+    assert await q.run_once() == 1 and gate.done == ["b@two.test"]
+    assert await q.run_once() == 0                     # the request is spent
+    request_flush(q.spool.root)
+    assert await q.run_once() == 1 and gate.done == ["b@two.test", "a@one.test"]
+
+
+async def test_entry_removed_during_its_attempt_is_neither_retried_nor_bounced(tmp_path):
+    async def fake_deliver(sender, recipients, content, **kw):
+        other = DirectorySpool(q.spool.root)   # `chainmail queue remove`: another process
+        [entry] = other.list()
+        other.remove(entry.id)
+        return Outcome(pending=list(recipients), message="421 busy")
+
+    bounces: list = []
+    q = make_queue(tmp_path, 9, 9, bounces)
+    q.deliver_fn = fake_deliver
+    await q.enqueue("s@l.test", ["a@x.test"], MESSAGE)
+    await q.run_once()
+    assert q.spool.list() == [] and bounces == []
