@@ -15,7 +15,7 @@ import pytest
 
 from chainmail.relaycheck import UsageError, battery, parse_target
 
-from ..conftest import CHAINMAIL, ROOT, ChainmailProcess
+from ..conftest import CHAINMAIL, NO_DNS, ROOT, ChainmailProcess
 
 AUTH_CORE = "org.apache.james.smtpserver.CoreCmdHandlerLoader"
 TRICK_IDS = [t.id for t in battery("local.test")]
@@ -144,6 +144,7 @@ def _shipped_copy(tmp_path):
     loopback so that this client counts as a stranger."""
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf, ignore=shutil.ignore_patterns("keystore"))
+    (conf / "dnsservice.xml").write_text(NO_DNS)   # never the system resolver
     xml = (conf / "smtpserver.xml").read_text()
     xml = re.sub(r"<bind>0\.0\.0\.0:\d+</bind>", "<bind>127.0.0.1:0</bind>", xml)
     xml = xml.replace("<authorizedAddresses>127.0.0.0/8</authorizedAddresses>",
