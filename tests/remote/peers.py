@@ -6,6 +6,7 @@ import ssl
 from functools import partial
 
 import trio
+import trio.testing
 
 __all__ = ["Peer", "start_peer", "ehlo"]
 
@@ -15,6 +16,12 @@ def ehlo(*keywords: str, name: str = "peer.test") -> bytes:
     lines = [name, *keywords]
     return b"".join(f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode()
                     for i, line in enumerate(lines))
+
+
+def unstuff(data: bytes) -> bytes:
+    """The message as sent, without the DATA dot-stuffing."""
+    data = data.replace(b"\r\n..", b"\r\n.")
+    return data[1:] if data.startswith(b"..") else data
 
 
 class Peer:
@@ -46,6 +53,7 @@ class Peer:
 
     async def kick(self, reply: bytes = b"421 4.4.2 peer.test idle timeout\r\n") -> None:
         """Say ``reply`` on every open connection and close it, as an idle timeout does."""
+        await trio.testing.wait_all_tasks_blocked()     # every session back in receive_some
         for stream in list(self.open):
             try:
                 await stream.send_all(reply)
@@ -79,7 +87,7 @@ class Peer:
                     end = buf.find(b"\r\n.\r\n")
                     if end < 0:
                         break
-                    self.received.append(b"DATA:" + buf[:end + 2])
+                    self.received.append(b"DATA:" + unstuff(buf[:end + 2]))
                     buf = buf[end + 5:]
                     in_data = False
                     await stream.send_all(b"250 2.0.0 queued\r\n")
