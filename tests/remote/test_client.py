@@ -260,3 +260,22 @@ async def test_bind_local_address(nursery):
     client = await SmtpClient.connect("127.0.0.1", port, timeout=5, bind="127.0.0.3")
     await client.aclose()
     assert seen == ["127.0.0.3"]
+
+
+async def test_requiretls_is_never_sent_in_clear_text(nursery):
+    peer = await start_peer(nursery, Peer(replies={"EHLO": b"250-peer.test\r\n250 REQUIRETLS\r\n"}))
+    client = await SmtpClient.connect("127.0.0.1", peer.port, timeout=5, starttls="never")
+    with pytest.raises(SmtpTlsRequiredError, match="REQUIRETLS"):
+        await client.send("a@x.test", ["b@y.test"], b"x\r\n", require_tls=True)
+    await client.quit()
+    assert not any(r.startswith(b"MAIL") for r in peer.received)
+
+
+async def test_dsn_values_that_would_break_the_command_are_dropped(nursery):
+    peer = await start_peer(nursery, Peer(replies={"EHLO": b"250-peer.test\r\n250 DSN\r\n"}))
+    client = await SmtpClient.connect("127.0.0.1", peer.port, timeout=5)
+    await client.send("a@x.test", ["b@y.test"], b"x\r\n", dsn={"ret": "FULL", "ENVID": "a b\r\nRSET"},
+                      rcpt_dsn={"b@y.test": {"notify": "NEVER"}})
+    await client.quit()
+    assert b"MAIL FROM:<a@x.test> RET=FULL" in peer.received
+    assert b"RCPT TO:<b@y.test> NOTIFY=NEVER" in peer.received
