@@ -409,7 +409,7 @@ class SmtpClient:
         except ConversionError as exc:
             raise SmtpReplyError("MAIL", Reply.of(exc.code, str(exc), exc.enhanced)) from None
         params = self._size_params(content)
-        if has_8bit(content):
+        if has_8bit(content) and "8BITMIME" in self.extensions:
             params.append("BODY=8BITMIME")
         return content, params
 
