@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -25,7 +27,7 @@ from chainmail.remote.control import outgoing_root
 from chainmail.store.spool import DirectorySpool
 
 from ..conftest import CHAINMAIL, DOMAINLIST, ROOT, ChainmailProcess, need, smtpserver_xml
-from .remote_env import Exchanger, LoopbackWorld, SmtpSink, free_port
+from .remote_env import Exchanger, LoopbackWorld, SmtpSink, free_port, message_ids
 from .test_mailets import cli, inbox, ok, repo_keys, wait_for
 
 SHIPPED = (ROOT / "conf" / "mailetcontainer.xml").read_text()
@@ -158,6 +160,19 @@ def outgoing(server: ChainmailProcess, name: str = "outgoing") -> list:
     return DirectorySpool(str(root)).list() if (root / "queue").is_dir() else []
 
 
+def queued_ids(server: ChainmailProcess) -> set[str]:
+    """Message-IDs of what the (stopped) server holds in its spool and outgoing queue."""
+    ids: set[str] = set()
+    for root in (server.var / "spool", Path(outgoing_root(server.var, "outgoing"))):
+        if not (root / "queue").is_dir():
+            continue
+        spool = DirectorySpool(str(root))
+        for entry in spool.list():
+            with spool.open_body(entry.id) as fh:
+                ids.update(message_ids(fh.read()))
+    return ids
+
+
 def dsn(server: ChainmailProcess, user: str = ALICE, count: int = 1, timeout: float = 20):
     """The user's Maildir once it holds ``count`` messages; the last one parsed as an RFC 3464
     report: (message, per-message fields, {final recipient: per-recipient fields})."""
@@ -196,7 +211,8 @@ def test_authenticated_submission_reaches_a_chainmail_mx_and_smtp_sink(env):
     env.mx("sink.test", (10, "127.0.0.4"))
     remote = env.chainmail("remote", smtp=smtpserver_xml(bind=f"127.0.0.3:{env.port}",
                                                          hello="mx.remote.test", authorized=""),
-                           domains=("remote.test",), mailets=SHIPPED, users=["bob@remote.test"])
+                           domains=("remote.test",), mailets=container(env.port),
+                           users=["bob@remote.test"])
     assert remote.ports == [env.port]
     sink = env.sink("127.0.0.4")
     sender = env.sender(auth=True)
@@ -222,6 +238,7 @@ def test_authenticated_submission_reaches_a_chainmail_mx_and_smtp_sink(env):
     assert ("remote.test", "MX") in env.dns.queries and ("sink.test", "MX") in env.dns.queries
     wait_for(lambda: not outgoing(sender), what="an empty outgoing queue")
     assert inbox(sender, ALICE) == []                                  # no bounce
+    assert len(inbox(remote, "bob@remote.test")) == 1 and len(sink.messages(mid.encode())) == 1
 
 
 # -------------------------------------------------------------------- 2. MX failover
@@ -233,6 +250,8 @@ def test_preferred_mx_refusing_connections_fails_over_to_the_next(env):
     env.pick_port("127.0.0.2", "127.0.0.3")
     env.mx("failover.test", (10, "127.0.0.2"), (20, "127.0.0.3"))
     good = env.exchanger("127.0.0.3")
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.2", env.port)) != 0       # refused
     sender = env.sender()
     mid = submit(sender, ["bob@failover.test"], "failover")
     wait_for(lambda: good.messages, timeout=15, what="the second MX's copy")
@@ -258,7 +277,7 @@ def test_421_greeting_is_retried_then_bounced_to_the_local_sender(env):
     report, _, per_rcpt = dsn(sender)
     assert busy.connections == 3                       # the first attempt and two retries
     times = busy.connected_at
-    assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times
+    assert all(0.9 <= b - a < 4 for a, b in zip(times, times[1:])), times   # "1s, 1s"
     block = per_rcpt["bob@busy.test"]
     assert block["Action"] == "failed"
     assert re.fullmatch(r"4\.\d{1,3}\.\d{1,3}", block["Status"]), block["Status"]
@@ -269,6 +288,24 @@ def test_421_greeting_is_retried_then_bounced_to_the_local_sender(env):
     assert report["To"].addresses[0].addr_spec == ALICE
     time.sleep(1.5)
     assert busy.connections == 3 and not outgoing(sender)
+
+
+@pytest.mark.xfail(strict=True, reason="the bounce's Arrival-Date is the queued_at of the last "
+                   "re-queued outgoing entry (plugins/mailets/remote.py _mail via "
+                   "mail_from_queued), not the time the message arrived")
+def test_bounce_after_retries_reports_when_the_message_arrived(env):
+    """RFC 3464 §2.2.5: the Arrival-Date of a bounce given after retries is when the message
+    arrived at the reporting MTA, not when it was last queued for a retry."""
+    env.pick_port("127.0.0.2")
+    env.mx("busy.test", (10, "127.0.0.2"))
+    env.exchanger("127.0.0.2", greeting=b"421 4.3.2 Service busy, try later\r\n")
+    sender = env.sender(delayTime="2s, 1s", maxRetries="2")
+    submit(sender, ["bob@busy.test"], "arrival")
+    report, fields, _ = dsn(sender)
+    received = original_of(report)["Received"].rpartition(";")[2].strip()
+    arrived = email.utils.parsedate_to_datetime(received).timestamp()
+    reported = email.utils.parsedate_to_datetime(fields["Arrival-Date"]).timestamp()
+    assert arrived <= reported <= arrived + 1, (received, fields["Arrival-Date"])
 
 
 # -------------------------------------------------------------------- 4. partial refusal
@@ -324,11 +361,13 @@ def test_stalled_mx_times_out_and_is_retried_or_fails_over(env):
     assert stalled_first.connections >= 1
     # the lone stalled MX: timed out, re-queued, tried again
     wait_for(lambda: stalled.connections >= 2, timeout=15, what="a second attempt")
+    first, second = stalled.connected_at[:2]
+    assert second - first >= 1.5 + 1 - 0.2      # timed out after 1.5 s, retried 1 s later
     waiting = wait_for(lambda: [e for e in outgoing(sender)
                                 if int(e.envelope.attributes.get("delivery_retry_count") or 0) >= 1],
                        timeout=10, what="the re-queued entry")
     assert waiting[0].envelope.recipients == ["bob@stall.test"]
-    assert waiting[0].envelope.attributes.get("last_error")
+    assert "did not answer within 1.5 s" in waiting[0].envelope.attributes.get("last_error", "")
     assert inbox(sender, ALICE) == []   # not given up yet
 
 
@@ -347,6 +386,7 @@ def test_null_mx_bounces_at_once_without_retry(env):
     assert block["Action"] == "failed"
     assert block["Status"].startswith("5."), block["Status"]
     assert "null MX" in block["Diagnostic-Code"]
+    assert block["Remote-MTA"] is None                  # no server was asked
     time.sleep(1.5)   # past the first retry delay
     assert env.world.queried("nullmx.test", "MX") == [("nullmx.test", "MX")]
     assert not outgoing(sender)
@@ -445,6 +485,9 @@ def test_kill_9_during_delivery_loses_nothing(env):
     sender.proc.wait(10)
     before = set(slow.message_ids())
     assert len(before) < count, "everything was delivered before the kill"
+    kept = queued_ids(sender)
+    assert kept, "nothing left queued at the kill"
+    assert before | kept == mids                     # nothing lost at the moment of the kill
     # the good MX replaces the slow one
     env.dns.records["mx10.slow.test"] = [("A", "127.0.0.3")]
     restarted = env.start(sender.conf, sender.var)
