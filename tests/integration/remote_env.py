@@ -73,7 +73,8 @@ class Exchanger:
     ``replies`` maps verbs to replies (bytes, or a callable of the command line).  Each
     accepted message is kept in ``messages`` (raw bytes) once its final ``250`` has been
     sent; ``data_delay`` holds that reply back.  ``connections`` counts accepted TCP
-    connections, ``connected_at`` holds their times (``time.monotonic()``)."""
+    connections, ``connected_at`` holds their times (``time.monotonic()``) and ``closed_after``
+    how long each finished connection lasted."""
 
     def __init__(self, greeting: bytes | None = b"220 mx.test ESMTP\r\n", replies=None,
                  data_delay: float = 0.0, ehlo: bool = True):
@@ -88,6 +89,7 @@ class Exchanger:
         self.data_delay = data_delay
         self.connections = 0
         self.connected_at: list[float] = []     # time.monotonic() of each connection
+        self.closed_after: list[float] = []     # seconds until each connection ended
         self.commands: list[bytes] = []
         self.messages: list[bytes] = []
         self.envelopes: list[tuple[bytes, list[bytes]]] = []
@@ -99,16 +101,20 @@ class Exchanger:
 
     async def handle(self, stream) -> None:
         self.connections += 1
-        self.connected_at.append(time.monotonic())
+        start = time.monotonic()
+        self.connected_at.append(start)
         try:
             async with stream:
                 await self._session(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        self.closed_after.append(time.monotonic() - start)
 
     async def _session(self, stream) -> None:
-        if self.greeting is None:
-            await trio.sleep_forever()
+        if self.greeting is None:   # stalled: say nothing, wait for the client to hang up
+            while await stream.receive_some(65536):
+                pass
+            return
         await stream.send_all(self.greeting)
         if not self.greeting.startswith(b"2"):
             return

@@ -256,6 +256,9 @@ def test_preferred_mx_refusing_connections_fails_over_to_the_next(env):
     mid = submit(sender, ["bob@failover.test"], "failover")
     wait_for(lambda: good.messages, timeout=15, what="the second MX's copy")
     wait_for(lambda: not outgoing(sender), what="an empty outgoing queue")
+    log = sender.log
+    refused = log.index(f"mx10.failover.test: cannot connect to 127.0.0.2:{env.port}")
+    assert refused < log.index("delivered to bob@failover.test at mx20.failover.test")
     time.sleep(1.5)   # longer than a retry delay: nothing comes again
     assert good.message_ids() == [mid]
     assert good.envelopes[0][1] == [b"RCPT TO:<bob@failover.test>"]
@@ -358,7 +361,9 @@ def test_stalled_mx_times_out_and_is_retried_or_fails_over(env):
     wait_for(lambda: good.messages, timeout=15, what="the good MX's copy")
     assert good.message_ids() == [mid]
     assert good.envelopes[0][1] == [b"RCPT TO:<carol@stall-failover.test>"]
-    assert stalled_first.connections >= 1
+    assert stalled_first.connections == 1
+    [lasted] = wait_for(lambda: stalled_first.closed_after, timeout=5, what="the hang-up")
+    assert 1.3 <= lasted < 3, lasted          # the client gave up after its timeout and closed
     # the lone stalled MX: timed out, re-queued, tried again
     wait_for(lambda: stalled.connections >= 2, timeout=15, what="a second attempt")
     first, second = stalled.connected_at[:2]
