@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ROOT", "TRANSPORT", "ERROR", "GHOST",
-    "ATTR_SENT_BY_MAILET", "ATTR_ERROR", "ATTR_HOPS",
+    "ATTR_SENT_BY_MAILET", "ATTR_ERROR", "ATTR_HOPS", "ATTR_ARRIVAL",
     "Mail", "MailetConfig", "MatcherConfig", "Matcher", "Mailet",
     "GenericMatcher", "GenericRecipientMatcher", "GenericMailet", "MailetError",
     "parse_bool",
@@ -55,6 +55,9 @@ ATTR_SENT_BY_MAILET = "sent_by_mailet"
 ATTR_ERROR = "chainmail.error_message"
 ATTR_HOPS = "chainmail.hops"
 ATTR_RETRY_AT = "chainmail.retry_at"
+#: when the mail first arrived (epoch seconds), kept across re-spooling so that a delivery
+#: report's Arrival-Date (RFC 3464 §2.2.5) is not the time of the last hop
+ATTR_ARRIVAL = "chainmail.arrival"
 
 _names = itertools.count(1)
 

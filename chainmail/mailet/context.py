@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import trio
 
-from .api import (ATTR_ERROR, ATTR_HOPS, ATTR_RETRY_AT, ATTR_SENT_BY_MAILET, ROOT, Mail)
+from .api import (ATTR_ARRIVAL, ATTR_ERROR, ATTR_HOPS, ATTR_RETRY_AT, ATTR_SENT_BY_MAILET,
+                  ROOT, Mail)
 from .engine import current_outputs
 from .repository import MailRepository, RepositoryStore
 
@@ -32,10 +33,12 @@ def mail_from_queued(queued: Any, content: bytes) -> Mail:
     error_message = attributes.pop(ATTR_ERROR, None)
     hops = int(attributes.pop(ATTR_HOPS, 0) or 0)
     attributes.pop(ATTR_RETRY_AT, None)
+    arrival = attributes.pop(ATTR_ARRIVAL, None)
+    queued_at = float(arrival) if isinstance(arrival, (int, float)) else queued.queued_at
     rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params)}
     return Mail(queued.id, env.sender, env.recipients, content, state=env.state or ROOT,
                 attributes=attributes, error_message=error_message, mail_params=env.mail_params,
-                rcpt_params=rcpt_params, queued_at=queued.queued_at, error_count=env.error_count,
+                rcpt_params=rcpt_params, queued_at=queued_at, error_count=env.error_count,
                 hops=hops)
 
 
@@ -47,6 +50,8 @@ def envelope_of(mail: Mail, *, extra: Mapping[str, Any] | None = None):
         attributes[ATTR_ERROR] = mail.error_message
     if mail.hops:
         attributes[ATTR_HOPS] = mail.hops
+    if mail.queued_at:
+        attributes[ATTR_ARRIVAL] = mail.queued_at
     if extra:
         attributes.update(extra)
     return Envelope(sender=mail.sender, recipients=list(mail.recipients),

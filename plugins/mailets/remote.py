@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
-from chainmail.mailet.api import ATTR_SENT_BY_MAILET, GHOST, GenericMailet, Mail
+from chainmail.mailet.api import ATTR_ARRIVAL, ATTR_SENT_BY_MAILET, GHOST, GenericMailet, Mail
 from chainmail.mailet.context import mail_from_queued
 from chainmail.remote.config import RemoteDeliveryConfig
 from chainmail.remote.control import outgoing_root
@@ -118,8 +119,10 @@ class RemoteDelivery(GenericMailet):
                     groups.setdefault(_domain(rcpt), []).append(rcpt)
             for domain, rcpts in groups.items():
                 name = f"{mail.name}-to-{domain}" if domain else str(mail.name)
+                attributes = dict(mail.attributes)
+                attributes.setdefault(ATTR_ARRIVAL, mail.queued_at or time.time())
                 entry = await self.queue.enqueue(
-                    mail.sender, rcpts, mail.content, name=name, attributes=dict(mail.attributes),
+                    mail.sender, rcpts, mail.content, name=name, attributes=attributes,
                     mail_params=mail.mail_params, rcpt_params=mail.rcpt_params)
                 log.info("%s: queued for remote delivery to %s as %s", mail.name,
                          ", ".join(rcpts), entry)
