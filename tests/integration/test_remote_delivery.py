@@ -294,9 +294,6 @@ def test_421_greeting_is_retried_then_bounced_to_the_local_sender(env):
     assert busy.connections == 3 and not outgoing(sender)
 
 
-@pytest.mark.xfail(strict=True, reason="the bounce's Arrival-Date is the queued_at of the last "
-                   "re-queued outgoing entry (plugins/mailets/remote.py _mail via "
-                   "mail_from_queued), not the time the message arrived")
 def test_bounce_after_retries_reports_when_the_message_arrived(env):
     """RFC 3464 §2.2.5: the Arrival-Date of a bounce given after retries is when the message
     arrived at the reporting MTA, not when it was last queued for a retry."""
