@@ -379,9 +379,16 @@ def _queue_outgoing_row(entry, now: float, flushes) -> str:
     due = float(attrs.get(ATTR_NEXT_ATTEMPT) or 0)
     nxt = "now" if due <= now or any(f.matches(entry) for f in flushes) else f"in {_age(due - now)}"
     error = " ".join(str(attrs.get(ATTR_LAST_ERROR) or "").split())
-    return (f"{entry.id:<33} {_age(now - entry.queued_at):>8} {nxt:>8} "
+    return (f"{entry.id:<33} {_age(now - _arrival(entry)):>8} {nxt:>8} "
             f"{int(attrs.get(ATTR_RETRY_COUNT) or 0):>5}  {_queue_addresses(env)}"
             + (f"  ({error})" if error else ""))
+
+
+def _arrival(entry) -> float:
+    """When the mail arrived: a retry or a re-spooled mail is a newer entry of an older mail."""
+    from .mailet.api import ATTR_ARRIVAL
+    arrival = entry.envelope.attributes.get(ATTR_ARRIVAL)
+    return float(arrival) if isinstance(arrival, (int, float)) else entry.queued_at
 
 
 def _queue_addresses(env) -> str:
@@ -395,7 +402,7 @@ def _queue_list_spool(var: str, domain: str | None, now: float) -> None:
     for m in messages:
         env = m.envelope
         error = env.attributes.get("chainmail.error_message")
-        print(f"{m.id:<32} {_age(now - m.queued_at):>8} {m.size:>10} {env.state:<16} "
+        print(f"{m.id:<32} {_age(now - _arrival(m)):>8} {m.size:>10} {env.state:<16} "
               f"{env.error_count:>5}  {_queue_addresses(env)}"
               + (f"  ({error})" if error else ""))
     print(f"{len(messages)} message(s) queued")

@@ -183,7 +183,8 @@ class NullMx(DnsError):
 
     def __init__(self, domain: str) -> None:
         self.domain = domain
-        super().__init__(f"Domain {domain} does not accept mail (null MX, RFC 7505)")
+        # RFC 7505 §4.2: report it with the enhanced status 5.1.10.
+        super().__init__(f"5.1.10 Domain {domain} does not accept mail (null MX, RFC 7505)")
 
 
 @dataclass(frozen=True)

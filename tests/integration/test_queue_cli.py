@@ -49,7 +49,8 @@ async def _prepare(var: Path) -> Prepared:
     due = await _enqueue(outgoing, "bob@local.test", ["carol@other.test"], next_attempt=1.0)
     waiting = await _enqueue(outgoing, "bob@local.test", ["x@Example.TEST", "y@example.test"],
                              retry_count=2, next_attempt=time.time() + 300,
-                             last_error="421 4.3.2 Service busy, try later")
+                             last_error="421 4.3.2 Service busy, try later",
+                             attributes={"chainmail.arrival": time.time() - 3 * 3600})
     relay = await _enqueue(outgoing_root(var, "relay"), "", ["postmaster@example.test"])
     return Prepared(var, spooled, due, waiting, relay)
 
@@ -75,7 +76,8 @@ def test_list_shows_each_queue_with_next_attempt_tries_and_last_error(prepared):
     found = rows(r.stdout)
     assert set(found) == {prepared.spooled, prepared.due, prepared.waiting, prepared.relay}
     assert re.search(r" now +0  <bob@local.test> -> <carol@other.test>$", found[prepared.due])
-    assert re.search(r" in [45]m +2  <bob@local.test> -> <x@Example.TEST>, <y@example.test>  "
+    # the age of a retry entry counts from the mail's arrival, not from the retry
+    assert re.search(r" 3h +in [45]m +2  <bob@local.test> -> <x@Example.TEST>, <y@example.test>  "
                      r"\(421 4\.3\.2 Service busy, try later\)$", found[prepared.waiting])
     assert "<> -> <postmaster@example.test>" in found[prepared.relay]
     assert "2 message(s) waiting in outgoing queue outgoing" in lines
