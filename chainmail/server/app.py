@@ -6,12 +6,11 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
-from functools import partial
 
 import trio
 
 from ..chain import build_chain
-from .connection import serve_connection
+from .connection import serve_listener, sweep_idle_sessions
 from .context import ServerContext
 
 __all__ = ["run_servers", "open_listeners", "DEFAULT_GRACE_PERIOD"]
@@ -86,14 +85,15 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                 for ctx in contexts:
                     all_listeners.append((ctx, await open_listeners(ctx)))
                 outer.start_soon(_watch_signals, stop_event, contexts)
+                await outer.start(sweep_idle_sessions, contexts)
 
                 async def accept_all():
                     with accept_scope:
                         async with trio.open_nursery() as acceptors:
                             for ctx, listeners in all_listeners:
-                                acceptors.start_soon(partial(
-                                    trio.serve_listeners, partial(serve_connection, ctx),
-                                    listeners, handler_nursery=connections))
+                                for listener in listeners:
+                                    acceptors.start_soon(serve_listener, ctx, listener,
+                                                         connections)
                 connections.start_soon(accept_all)
                 log.info("chainmail ready (pid %d)", os.getpid())
                 task_status.started([ctx.bound for ctx in contexts])

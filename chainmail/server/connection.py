@@ -2,14 +2,21 @@
 
 Reads are large (64 KiB); every complete command in a read is handled before anything is
 sent, and the replies of a pipelined batch go out in one write (RFC 2920).  No task is spawned
-per command.  One cancel scope per connection carries the idle deadline, moved forward only
-while waiting for the client, so handlers are never cut short by the idle timeout.
+per command.
+
+Idle timeouts cost nothing per read: a session notes when it starts waiting for the client
+(``waiting_since``, only while reading or sending), and one sweeper per process
+(:func:`sweep_idle_sessions`) cancels the sessions that waited longer than
+``connectiontimeout``.  Trio deadlines moved on every read and write measured about 10% of the
+CPU of a short session.  Handlers are never cut short by the idle timeout.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import time
 from functools import partial
 
 import trio
@@ -23,7 +30,7 @@ from ..session import Session, TLSInfo
 from ..verdict import Action, to_reply
 from .tls import sni_name as tls_sni_name
 
-__all__ = ["serve_connection", "SessionRunner"]
+__all__ = ["serve_connection", "serve_listener", "sweep_idle_sessions", "SessionRunner"]
 
 log = logging.getLogger("chainmail.session")
 
@@ -40,12 +47,71 @@ def _address(sockaddr) -> tuple[str, int]:
     return host, port
 
 
-async def serve_connection(ctx, stream: trio.SocketStream) -> None:
+#: accept() failures that mean "out of resources for now": wait and accept again
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1
+
+
+async def serve_listener(ctx, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    """Accept connections forever, each served in a task of ``nursery``.
+
+    Like ``trio.serve_listeners``, but keeps the peer address accept() returns (no
+    getpeername) and closes each socket synchronously when its session ends (no forced
+    ``aclose`` in a cancelled scope): about 8% of the CPU of a short session."""
+    sock = listener.socket
+    local = None
+    name = sock.getsockname()
+    if name[0] not in ("0.0.0.0", "::"):
+        local = _address(name)   # bound to one address: every connection's local address
+    async with listener:
+        while True:
+            try:
+                conn, peer = await sock.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed: %s; retrying in %.1f s", exc, ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            nursery.start_soon(_serve_socket, ctx, conn, peer, local)
+
+
+async def _serve_socket(ctx, sock, peer, local) -> None:
+    try:
+        try:
+            stream = trio.SocketStream(sock)   # TCP_NODELAY: replies are small
+        except OSError:
+            return                             # reset before we got to it
+        await serve_connection(ctx, stream, peer=peer, local=local)
+    finally:
+        sock.close()
+
+
+async def sweep_idle_sessions(contexts, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """End the sessions that waited for their client longer than their ``connectiontimeout``
+    (checked every quarter of the shortest timeout, at most every second)."""
+    timeouts = [float(ctx.config.connection_timeout or 0) for ctx in contexts]
+    timeouts = [t for t in timeouts if t > 0]
+    task_status.started()
+    if not timeouts:
+        return
+    interval = min(1.0, max(0.05, min(timeouts) / 4))
+    while True:
+        await trio.sleep(interval)
+        now = time.monotonic()
+        for ctx in contexts:
+            for runner in list(ctx.sessions):
+                since = runner.waiting_since
+                if since is not None and now - since > runner.timeout:
+                    runner.scope.cancel()
+
+
+async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=None) -> None:
     """Entry point for each accepted connection: connection limit, PROXY header, implicit TLS,
     per-IP limit (on the real client), then the session."""
     try:
-        remote = _address(stream.socket.getpeername())
-        local = _address(stream.socket.getsockname())
+        remote = _address(peer if peer is not None else stream.socket.getpeername())
+        local = local if local is not None else _address(stream.socket.getsockname())
     except OSError:
         return
     cfg = ctx.config
@@ -59,7 +125,6 @@ async def serve_connection(ctx, stream: trio.SocketStream) -> None:
         await _serve_counted(ctx, stream, remote, local, implicit_tls)
     finally:
         ctx.active -= 1
-        # trio.serve_listeners closes the stream after this handler returns.
 
 
 async def _refuse(stream, reply: Reply | None, remote) -> None:
@@ -199,6 +264,9 @@ class SessionRunner:
         self.shutdown_requested = False
         self.batch_position = 0  # commands handled from the current read
         self.timeout = float(ctx.config.connection_timeout or 0) or math.inf
+        #: time.monotonic() when it began waiting for the client (reading, or sending to a
+        #: client that does not read); None while a command is being handled
+        self.waiting_since: float | None = None
 
     def _bind_io(self) -> None:
         """Plain TCP goes straight to the socket (measured ~20% less CPU than through
@@ -238,11 +306,11 @@ class SessionRunner:
         data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
         self.out.clear()
         self.out_size = 0
-        self.scope.deadline = trio.current_time() + self.timeout
+        self.waiting_since = time.monotonic()
         try:
             await self.send_all(data)
         finally:
-            self.scope.deadline = math.inf
+            self.waiting_since = None
 
     # -- main loop ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -321,11 +389,11 @@ class SessionRunner:
                     self.scope.cancel()
                     await trio.lowlevel.checkpoint()
                 self.idle = not session.transaction.has_sender and session.data_receiver is None
-                self.scope.deadline = trio.current_time() + self.timeout
+                self.waiting_since = time.monotonic()
                 try:
                     data = await receive()
                 finally:
-                    self.scope.deadline = math.inf
+                    self.waiting_since = None
                     self.idle = False
                 conn.receive_data(data)
                 self.batch_position = 0
