@@ -210,16 +210,20 @@ class Chain:
         if kind is SYNC:
             return impl.fn(*a)
         if kind is TRIO:
-            if impl.hook == "on_command":
+            if impl.hook == "on_command" or self.timeout == math.inf:
                 # Command handlers dispatch to hooks, each under its own budget.
                 return await impl.fn(*a)
-            with trio.fail_after(self.timeout):
+            # A bare cancel scope rather than trio.fail_after: the same budget without a
+            # generator-based context manager on every call.
+            with trio.CancelScope(deadline=trio.current_time() + self.timeout):
                 return await impl.fn(*a)
+            raise trio.TooSlowError
         if kind is THREAD:
             return await trio.to_thread.run_sync(partial(impl.fn, *a), limiter=self.limiter)
         import trio_asyncio
-        with trio.fail_after(self.timeout):
+        with trio.CancelScope(deadline=trio.current_time() + self.timeout):
             return await trio_asyncio.aio_as_trio(impl.fn)(*a)
+        raise trio.TooSlowError
 
     async def verdict(self, hook: str, *args, impls: list[_Impl] | None = None) -> HookResult | None:
         """Ask handlers in chain order; return the first decided verdict (after
