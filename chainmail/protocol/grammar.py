@@ -229,11 +229,11 @@ def is_valid_helo(arg: str, ehlo: bool = False) -> bool:
             return ipaddress.IPv6Address(inner[5:]) is not None
         except ValueError:
             return False
+    if _DOMAIN.match(inner) or _SINGLE_LABEL.match(inner):
+        return True   # the usual case, checked before an address parse that would fail
     try:
         ipaddress.ip_address(inner)
         return True
     except ValueError:
         pass
-    if _DOMAIN.match(inner) or _SINGLE_LABEL.match(inner):
-        return True
     return ehlo and arg.startswith("[") and bool(_DOMAIN.match(inner))
