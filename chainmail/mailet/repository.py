@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from chainmail.store.durable import sync_dir as _fsync_dir
+
 from .api import Mail
 
 __all__ = ["MailRepository", "RepositoryStore", "StoredMail", "repository_path"]
@@ -33,15 +35,7 @@ __all__ = ["MailRepository", "RepositoryStore", "StoredMail", "repository_path"]
 MARKER = ".repository"
 _KEY_RE = re.compile(r"[0-9a-f]{12}-[0-9a-f]{16}")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def repository_path(url: str, var_dir: str) -> str:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from chainmail.store.spool import Envelope, QueuedMessage
+from chainmail.store.durable import sync_dir as _sync_dir
 
 __all__ = ["FlushRequest", "outgoing_root", "outgoing_queue_names", "request_flush",
            "consume_flush_requests", "pending_flush_requests", "recipient_domains",
@@ -203,13 +204,6 @@ def _flush_dir(root: str, *, create: bool) -> str:
         _sync_dir(root)
     return directory
 
-
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -30,6 +30,7 @@ import time
 from typing import Iterable
 
 from chainmail.store import sqlite as _sqlite
+from chainmail.store.durable import sync_dir as _fsync_dir
 
 __all__ = ["MailboxStore", "MaildirStore", "QuotaExceededError", "MailboxError",
            "maildir_name_for"]
@@ -45,7 +46,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _SIZE_RE = re.compile(r",S=(\d+)")
 _counter = itertools.count()
 
@@ -77,13 +77,6 @@ def maildir_name_for(username: str) -> str:
             out.append(ch)
     return "".join(out)
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _makedirs_durable(path: str, mode: int = 0o700) -> None:

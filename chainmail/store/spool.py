@@ -58,6 +58,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import trio
 
+from .durable import sync_dir as _sync_dir
+
 __all__ = [
     "BUFFER_LIMIT",
     "FORMAT_VERSION",
@@ -215,13 +217,6 @@ else:
     # that is needed to read it back.
     _sync_file = getattr(os, "fdatasync", os.fsync)
 
-
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:
