@@ -186,7 +186,9 @@ async def test_segment_record_format(spool):
     second = 64 + meta_len + body_len
     _, _, _, _, meta2, body2, _, _ = struct.unpack_from("<4sBBxQII33sI", raw, second)
     removal = raw[second + 64 + meta2 + body2 :]
-    assert len(removal) == 64
+    # then nothing but the zeros reserved ahead of the next record (cut off at close)
+    assert len(removal) >= 64 and removal[64:].count(0) == len(removal) - 64
+    removal = removal[:64]
     _, _, kind, ref, m, b, raw_id, _ = struct.unpack_from("<4sBBxQII33sI", removal)
     assert (kind, m, b, raw_id.decode()) == (ord("D"), 0, 0, gone)
     assert ref == int(os.path.basename(path)[:16], 16)
@@ -446,11 +448,36 @@ async def test_recover_removes_tmp_leftovers(tmp_path):
         assert f.read() == b"accepted"
 
 
+async def test_segment_space_is_reserved_ahead_and_given_back_at_close(spool):
+    ids = [await _commit(spool, b"message %d\r\n" % i) for i in range(3)]
+    [path] = _segment_paths(spool)
+    data = open(path, "rb").read()
+    end = len(data.rstrip(b"\0"))
+    assert len(data) >= end + spool_mod.PREALLOCATE // 2     # allocated ahead of the records
+    assert _reopen(spool).ids() == ids                        # another reader sees them all
+    await spool.aclose()
+    assert os.path.getsize(path) == end                       # nothing reserved is left
+
+
+async def test_reserved_space_left_by_a_crash_is_not_an_interrupted_write(spool, caplog):
+    ids = [await _commit(spool, b"message %d\r\n" % i) for i in range(3)]
+    [path] = _segment_paths(spool)
+    await _crash(spool)
+    # A process killed while appending leaves its reservation: zeros after the last record.
+    os.truncate(path, os.path.getsize(path) + spool_mod.PREALLOCATE)
+    with caplog.at_level(logging.INFO, logger="chainmail.store.spool"):
+        again = _reopen(spool)
+        assert again.ids() == ids
+    assert "interrupted write" not in caplog.text and "unreadable" not in caplog.text
+    new = await _commit(again, b"after")
+    assert again.get(new).path != path and again.ids() == [*ids, new]
+
+
 async def test_restart_never_appends_to_an_old_segment(spool):
     first = await _commit(spool, b"one")
     [old_path] = _segment_paths(spool)
-    old_size = os.path.getsize(old_path)
     await _crash(spool)
+    old_size = os.path.getsize(old_path)
     again = _reopen(spool)
     again.recover()
     second = await _commit(again, b"two")
@@ -609,7 +636,7 @@ async def test_enospc_while_writing_raises_at_commit_and_leaves_nothing(spool, m
 async def test_partial_append_is_cut_off_and_the_segment_goes_on(spool, monkeypatch):
     first = await _commit(spool, b"first")
     [path] = _segment_paths(spool)
-    size = os.path.getsize(path)
+    size = len(open(path, "rb").read().rstrip(b"\0"))   # the record, not the reserved space
     real = spool_mod._write_all
 
     def half_then_full(fd, parts):
