@@ -100,10 +100,9 @@ def _priority(envelope: Envelope, config: RemoteDeliveryConfig) -> int | None:
         return None
     value = envelope.mail_params.get("MT-PRIORITY", envelope.attributes.get(ATTR_PRIORITY))
     try:
-        n = int(str(value))
+        return int(str(value))      # deliver() keeps it within RFC 6710's -9..9
     except (TypeError, ValueError):
         return None
-    return n if -9 <= n <= 9 else None
 
 
 def _requires_tls(envelope: Envelope) -> bool:
