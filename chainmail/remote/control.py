@@ -14,6 +14,7 @@ finds the request at its next start.  DirectorySpool only uses ``segments/``, ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -190,11 +191,9 @@ def _read_one(path: str, *, consume: bool) -> FlushRequest | None:
 
 def _drop_stale_tmp(path: str) -> None:
     """A temporary file is only ours to delete once its writer must be gone."""
-    try:
+    with contextlib.suppress(FileNotFoundError):   # gone meanwhile: nothing to do
         if time.time() - os.stat(path).st_mtime > _STALE_TMP:
             _unlink_quietly(path)
-    except FileNotFoundError:
-        pass
 
 
 def _flush_dir(root: str, *, create: bool) -> str:
@@ -207,7 +206,5 @@ def _flush_dir(root: str, *, create: bool) -> str:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
