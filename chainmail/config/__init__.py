@@ -207,6 +207,7 @@ def describe_server(server: ServerConfig) -> list[tuple[str, str]]:
     else:
         out.append(("lmtpGreeting", _opt(server.smtp_greeting, "default")))
     out.append(("handlerTimeout", f"{server.handler_timeout:g} s"))
+    out.append(("busyPoll", f"{server.busy_poll} microseconds" if server.busy_poll else "0 (off)"))
     chain = server.handlerchain
     out.append(("handlerchain[@coreHandlersPackage]", chain.core_package))
     out.append(("handlerchain[@enableJmx]", _b(chain.enable_jmx)))

@@ -50,6 +50,7 @@ ANNOUNCE_MODES = ("never", "always", "forUnauthorizedAddresses")
 VERIFY_IDENTITY_MODES = ("strict", "relaxed", "disabled")
 MIN_LINE_LENGTH = 1000
 MAX_LINE_LENGTH = 1048576
+MAX_BUSY_POLL = 10000      # microseconds: more would only burn CPU
 
 
 def _default_io_workers() -> int:
@@ -191,6 +192,7 @@ class ServerConfig:
     smtp_greeting: str | None = None
     disabled_features: tuple[str, ...] = ()
     handler_timeout: float = 30.0
+    busy_poll: int = 100   # microseconds; 0 = off
     high_write_buffer_water_mark: int | None = None
     low_write_buffer_water_mark: int | None = None
     handlerchain: HandlerChainConfig = field(default_factory=HandlerChainConfig)
@@ -206,7 +208,7 @@ _COMMON_ELEMENTS = {
     "jmxName", "bind", "connectionBacklog", "connectiontimeout", "connectionLimit", "connectionLimitPerIP",
     "helloName", "ioWorkerCount", "bossWorkerCount", "maxExecutorCount", "gracefulShutdown", "useEpoll",
     "highWriteBufferWaterMark", "lowWriteBufferWaterMark", "proxyRequired", "proxyFirst", "tls",
-    "handlerchain", "maxmessagesize", "maxLineLength", "handlerTimeout",
+    "handlerchain", "maxmessagesize", "maxLineLength", "handlerTimeout", "busyPoll",
 }
 _SMTP_ONLY = {
     "auth", "authRequired", "authorizedAddresses", "verifyIdentity", "heloEhloEnforcement",
@@ -383,6 +385,7 @@ def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str
             f"maxLineLength must be between {MIN_LINE_LENGTH} and {MAX_LINE_LENGTH}; got {max_line_length}",
         )
     handler_timeout = reader.child_float(block, "handlerTimeout", 30.0, minimum=0.0)
+    busy_poll = reader.child_int(block, "busyPoll", 100, minimum=0, maximum=MAX_BUSY_POLL)
 
     if smtp:
         auth = _parse_auth(reader, block)
@@ -438,6 +441,7 @@ def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str
         smtp_greeting=greeting,
         disabled_features=disabled_features,
         handler_timeout=handler_timeout,
+        busy_poll=busy_poll,
         high_write_buffer_water_mark=high,
         low_write_buffer_water_mark=low,
         handlerchain=chain,

@@ -11,7 +11,7 @@ import trio
 
 from ..chain import build_chain
 from .connection import serve_listener, sweep_idle_sessions
-from .context import ServerContext
+from .context import ProcessLoad, ServerContext
 
 __all__ = ["run_servers", "open_listeners", "DEFAULT_GRACE_PERIOD"]
 
@@ -69,9 +69,12 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
         if any(ctx.chain.needs_asyncio for ctx in contexts):
             import trio_asyncio  # one asyncio loop bridge for the whole process, opened once
             await stack.enter_async_context(trio_asyncio.open_loop())
+        load = ProcessLoad()
+        for ctx in contexts:
+            ctx.load = load
         if spool is not None and hasattr(spool, "sync_inline"):
             # With a single session open, its commit may fdatasync on the loop: nobody waits.
-            spool.sync_inline = lambda: sum(ctx.active for ctx in contexts) <= 1
+            spool.sync_inline = lambda: load.lone
         async with trio.open_nursery() as outer:
             if spool is not None and hasattr(spool, "run"):
                 await outer.start(spool.run)

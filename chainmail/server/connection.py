@@ -4,6 +4,12 @@ Reads are large (64 KiB); every complete command in a read is handled before any
 sent, and the replies of a pipelined batch go out in one write (RFC 2920).  No task is spawned
 per command.
 
+Plain TCP sessions read and write their socket directly, trying the call first and waiting
+in trio's epoll only when it would block: trio's socket methods add a scheduler pass after
+every successful call.  A session yields at least every ``YIELD_EVERY`` calls that did not
+block, so a client that never pauses cannot starve the others.  A lone session busy-polls
+before it waits (:mod:`.busypoll`).
+
 Idle timeouts cost nothing per read: a session notes when it starts waiting for the client
 (``waiting_since``, only while reading or sending), and one sweeper per process
 (:func:`sweep_idle_sessions`) cancels the sessions that waited longer than
@@ -16,18 +22,18 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import socket
 import time
 from functools import partial
 
 import trio
-
-import socket
 
 from ..protocol import engine
 from ..protocol.proxy import MAX_HEADER, ProxyError, ProxyHeader, parse_proxy_header
 from ..protocol.replies import R, Reply
 from ..session import Session, TLSInfo
 from ..verdict import Action, to_reply
+from .busypoll import poll_readable
 from .tls import sni_name as tls_sni_name
 
 __all__ = ["serve_connection", "serve_listener", "sweep_idle_sessions", "SessionRunner"]
@@ -36,6 +42,7 @@ log = logging.getLogger("chainmail.session")
 
 RECEIVE_SIZE = 65536
 FLUSH_AT = 65536          # send pending replies once this many bytes are queued
+YIELD_EVERY = 16         # socket calls that did not block, at most, between two yields
 SHUTDOWN_SEND_TIMEOUT = 2.0
 PREAMBLE_TIMEOUT = 30.0   # at most this long for a PROXY header and a TLS handshake
 
@@ -57,34 +64,48 @@ async def serve_listener(ctx, listener: trio.SocketListener, nursery: trio.Nurse
 
     Like ``trio.serve_listeners``, but keeps the peer address accept() returns (no
     getpeername) and closes each socket synchronously when its session ends (no forced
-    ``aclose`` in a cancelled scope): about 8% of the CPU of a short session."""
-    sock = listener.socket
+    ``aclose`` in a cancelled scope): about 8% of the CPU of a short session.  The listening
+    socket is taken over from the trio listener as a plain socket (``detach``), so that
+    accept() is tried before waiting and each connection keeps its plain socket."""
+    sock = socket.socket(fileno=listener.socket.detach())
+    sock.setblocking(False)
     local = None
     name = sock.getsockname()
     if name[0] not in ("0.0.0.0", "::"):
         local = _address(name)   # bound to one address: every connection's local address
-    async with listener:
+    try:
         while True:
             try:
-                conn, peer = await sock.accept()
+                conn, peer = sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 log.error("accept failed: %s; retrying in %.1f s", exc, ACCEPT_RETRY_DELAY)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            nursery.start_soon(_serve_socket, ctx, conn, peer, local)
+            nursery.start_soon(_serve_socket, ctx, conn, peer, local, sock)
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
 
 
-async def _serve_socket(ctx, sock, peer, local) -> None:
+async def _serve_socket(ctx, sock: socket.socket, peer, local, listening: socket.socket) -> None:
     try:
         try:
-            stream = trio.SocketStream(sock)   # TCP_NODELAY: replies are small
+            # non-blocking, TCP_NODELAY (replies are small); sock stays the plain socket
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         except OSError:
             return                             # reset before we got to it
-        await serve_connection(ctx, stream, peer=peer, local=local)
+        await serve_connection(ctx, stream, peer=peer, local=local, plain=sock)
     finally:
         sock.close()
+        busy_poll = ctx.config.busy_poll
+        if busy_poll and not ctx.load.sessions and not ctx.draining:
+            # The last session ended: its client, or another, often connects again at once.
+            poll_readable(listening, busy_poll / 1e6)
 
 
 async def sweep_idle_sessions(contexts, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -106,9 +127,11 @@ async def sweep_idle_sessions(contexts, *, task_status=trio.TASK_STATUS_IGNORED)
                     runner.scope.cancel()
 
 
-async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=None) -> None:
+async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=None,
+                           plain: socket.socket | None = None) -> None:
     """Entry point for each accepted connection: connection limit, PROXY header, implicit TLS,
-    per-IP limit (on the real client), then the session."""
+    per-IP limit (on the real client), then the session.  ``plain`` is the stream's socket,
+    which a session without TLS reads and writes directly."""
     try:
         remote = _address(peer if peer is not None else stream.socket.getpeername())
         local = local if local is not None else _address(stream.socket.getsockname())
@@ -121,10 +144,12 @@ async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=N
         await _refuse(stream, None if implicit_tls else reply, remote)
         return
     ctx.active += 1
+    ctx.load.sessions += 1
     try:
-        await _serve_counted(ctx, stream, remote, local, implicit_tls)
+        await _serve_counted(ctx, stream, remote, local, implicit_tls, plain)
     finally:
         ctx.active -= 1
+        ctx.load.sessions -= 1
 
 
 async def _refuse(stream, reply: Reply | None, remote) -> None:
@@ -138,14 +163,14 @@ async def _refuse(stream, reply: Reply | None, remote) -> None:
             pass
 
 
-async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool) -> None:
+async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool, plain) -> None:
     cfg = ctx.config
     proxied_from = None
     leftover = b""
     tls_info = None
     timeout = float(cfg.connection_timeout or 0) or math.inf
     if not (cfg.proxy_required or implicit_tls):
-        await _serve_session(ctx, stream, remote, local, None, None, b"")
+        await _serve_session(ctx, stream, remote, local, None, None, b"", plain)
         return
     with trio.move_on_after(min(timeout, PREAMBLE_TIMEOUT)) as preamble:
         try:
@@ -172,10 +197,11 @@ async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool) -> None
         log.warning("connection from %s:%s closed: no PROXY header or TLS handshake in time",
                     remote[0], remote[1])
         return
-    await _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover)
+    await _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover, plain)
 
 
-async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover) -> None:
+async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover,
+                         plain=None) -> None:
     cfg = ctx.config
     ip = remote[0]
     if cfg.connection_limit_per_ip and ctx.per_ip[ip] >= cfg.connection_limit_per_ip:
@@ -185,7 +211,7 @@ async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, lef
     session = Session(ctx, remote, local, lmtp=ctx.lmtp)
     session.tls = tls_info
     session.proxied_from = proxied_from
-    runner = SessionRunner(ctx, stream, session)
+    runner = SessionRunner(ctx, stream, session, plain)
     if leftover:
         runner.conn.receive_data(leftover)
     ctx.sessions.add(runner)
@@ -251,9 +277,12 @@ class SessionRunner:
     """Drives one session.  ``idle`` is true while waiting for the client between
     transactions: the state in which a graceful shutdown may end the session at once."""
 
-    def __init__(self, ctx, stream, session: Session):
+    def __init__(self, ctx, stream, session: Session, plain: socket.socket | None = None):
         self.ctx = ctx
         self.stream = stream
+        self.plain = plain
+        self.unyielded = 0   # socket calls since the last yield
+        self.busy_poll = ctx.config.busy_poll / 1e6
         self._bind_io()
         self.session = session
         self.conn = engine.Connection(ctx.config.max_line_length)
@@ -269,23 +298,62 @@ class SessionRunner:
         self.waiting_since: float | None = None
 
     def _bind_io(self) -> None:
-        """Plain TCP goes straight to the socket (measured ~20% less CPU than through
-        SocketStream, stack-probe.md §2); TLS goes through the SSLStream."""
+        """Plain TCP goes straight to the socket, bypassing trio's socket methods and their
+        scheduler pass after every call (stack-probe.md §2); TLS goes through the SSLStream."""
         stream = self.stream
-        if type(stream) is trio.SocketStream:
-            self.receive = partial(stream.socket.recv, RECEIVE_SIZE)
-            self.send_all = self._send_all_raw
+        if type(stream) is trio.SocketStream and self.plain is not None:
+            self.receive = self._receive_plain
+            self.send_all = self._send_all_plain
         else:
             self.receive = partial(stream.receive_some, RECEIVE_SIZE)
             self.send_all = stream.send_all
 
-    async def _send_all_raw(self, data: bytes) -> None:
-        send = self.stream.socket.send
-        sent = await send(data)
+    async def _receive_plain(self) -> bytes:
+        try:
+            data = self.plain.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return await self._wait_and_receive()
+        self.unyielded += 1
+        if self.unyielded >= YIELD_EVERY:
+            self.unyielded = 0
+            await trio.lowlevel.checkpoint()
+        return data
+
+    async def _wait_and_receive(self) -> bytes:
+        sock = self.plain
+        if self.busy_poll and self.ctx.load.lone and poll_readable(sock, self.busy_poll):
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+        while True:
+            self.unyielded = 0
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+
+    async def _send_all_plain(self, data: bytes) -> None:
+        sock = self.plain
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
         if sent < len(data):
-            view = memoryview(data)[sent:]
-            while view:
-                view = view[await send(view):]
+            view = memoryview(data)
+            while sent < len(view):
+                self.unyielded = 0
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    pass
+        elif not self.ctx.load.lone:
+            # Let the other sessions run before reading the client's answer, which is then
+            # usually there already (as trio's own send does).
+            self.unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     # -- shutdown -------------------------------------------------------------------------
     def request_shutdown(self) -> None:

@@ -7,7 +7,21 @@ from typing import Any
 
 import trio
 
-__all__ = ["ServerContext"]
+__all__ = ["ServerContext", "ProcessLoad"]
+
+
+class ProcessLoad:
+    """The sessions open in the whole process, across every server block.  A lone session
+    has the event loop to itself: it may busy-poll its client and fdatasync on the loop."""
+
+    __slots__ = ("sessions",)
+
+    def __init__(self) -> None:
+        self.sessions = 0
+
+    @property
+    def lone(self) -> bool:
+        return self.sessions <= 1
 
 
 class ServerContext:
@@ -31,6 +45,7 @@ class ServerContext:
         self.mailboxes: Any = None   # the mailbox store (LMTP delivers into it)
         self.mailet_engine: Any = None   # the mailet container's engine, when one is configured
         self.active = 0
+        self.load = ProcessLoad()   # shared by every context of a process (run_servers)
         self.per_ip: Counter[str] = Counter()
         self.sessions: set[Any] = set()
         self.draining = False

@@ -220,6 +220,16 @@ def test_handler_timeout_bad(tmp_path):
     assert e.element == "handlerTimeout" and "expected a number of seconds" in e.message
 
 
+def test_busy_poll(tmp_path):
+    assert one(tmp_path).busy_poll == 100
+    assert one(tmp_path, "<busyPoll>0</busyPoll>").busy_poll == 0
+    assert one(tmp_path, "<busyPoll>250</busyPoll>").busy_poll == 250
+    for bad in ("20000", "-1", "fast"):
+        e = error(tmp_path, f"<busyPoll>{bad}</busyPoll>")
+        assert e.element == "busyPoll" and "between 0 and 10000" in e.message, e.message
+        assert e.line == 4 and e.file.endswith("smtpserver.xml")
+
+
 def test_water_marks(tmp_path):
     s = one(tmp_path, "<highWriteBufferWaterMark>64K</highWriteBufferWaterMark>")
     assert s.high_write_buffer_water_mark == s.low_write_buffer_water_mark == 65536

@@ -1,0 +1,102 @@
+"""Plain-TCP session I/O against a real server: busy polling on and off, and a client that
+never pauses cannot keep the others waiting."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from ..conftest import CHAINMAIL, need
+
+
+def read_reply(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while not (data.endswith(b"\r\n") and data.split(b"\r\n")[-2][3:4] == b" "):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("busy_poll", ["0", "100"])
+def test_one_connection_per_message(chainmail_factory, busy_poll):
+    """smtp-source's one-session, one-connection-per-message pattern: the lone session and
+    the listener (after each session ends) busy-poll when it is on."""
+    server = chainmail_factory(f"<busyPoll>{busy_poll}</busyPoll>")
+    result = subprocess.run([need("smtp-source"), "-s", "1", "-m", "200", "-l", "1024",
+                             "-f", "s@remote.example", "-t", "r@local.test", "-M", "client.example",
+                             f"127.0.0.1:{server.port}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(server.queued()) == 200
+
+
+def test_check_config_shows_busy_poll(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "smtpserver.xml").write_text(
+        "<smtpservers><smtpserver><jmxName>a</jmxName><bind>127.0.0.1:0</bind><handlerchain/></smtpserver>"
+        "<smtpserver><jmxName>b</jmxName><bind>127.0.0.1:0</bind><busyPoll>0</busyPoll><handlerchain/></smtpserver>"
+        "</smtpservers>")
+    out = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf)], capture_output=True,
+                         text=True, timeout=30, cwd=tmp_path).stdout
+    assert "busyPoll = 100 microseconds" in out and "busyPoll = 0 (off)" in out
+
+
+def test_a_client_that_never_pauses_does_not_hold_up_the_others(chainmail):
+    """One client streams pipelined NOOPs as fast as it can and reads the replies; its session
+    always finds input waiting.  A second client must still be greeted and served meanwhile."""
+    flood = socket.create_connection(("127.0.0.1", chainmail.port))
+    assert read_reply(flood).startswith(b"220 ")
+    flood.sendall(b"EHLO flood.test\r\n")
+    assert read_reply(flood).startswith(b"250")
+    stop = threading.Event()
+    replies = 0
+
+    def write():
+        batch = b"NOOP\r\n" * 2000
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                flood.sendall(batch)
+            except OSError:
+                return   # closed by the test when it is done
+
+    def drain():
+        nonlocal replies
+        flood.settimeout(30)
+        while not stop.is_set():
+            try:
+                chunk = flood.recv(1 << 20)
+            except OSError:
+                return
+            if not chunk:
+                return
+            replies += chunk.count(b"\r\n")
+
+    threads = [threading.Thread(target=write, daemon=True), threading.Thread(target=drain, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        assert replies > 1000, "the flooding session is not being served"
+        start = time.monotonic()
+        with chainmail.smtp() as other:
+            other.sendmail("a@remote.example", ["b@local.test"], "Subject: meanwhile\r\n\r\nhi\r\n")
+        took = time.monotonic() - start
+        during = replies
+        assert threads[0].is_alive(), "the flood ended before the other client was served"
+    finally:
+        stop.set()
+        flood.shutdown(socket.SHUT_RDWR)
+        flood.close()
+        for t in threads:
+            t.join(5)
+    assert took < 3, f"the other client waited {took:.1f} s"
+    assert during > 1000
+    assert len(chainmail.queued()) == 1
