@@ -165,6 +165,16 @@ def need(tool: str) -> str:
     return path
 
 
+def cli_on_conf(tmp_path, smtpserver: str, *command: str) -> subprocess.CompletedProcess:
+    """Write ``smtpserver`` as ``conf/smtpserver.xml`` under ``tmp_path`` and run
+    ``chainmail <command> --conf ... --var ...`` on it."""
+    conf = tmp_path / "conf"
+    conf.mkdir(parents=True)
+    (conf / "smtpserver.xml").write_text(smtpserver)
+    return subprocess.run([*CHAINMAIL, *command, "--conf", str(conf), "--var", str(tmp_path / "var")],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
+
+
 def raw_exchange(port: int, data: bytes, *, host="127.0.0.1", read_until_close=True,
                  timeout=5.0, expect_lines: int | None = None) -> bytes:
     """Send ``data`` in one write and collect what the server answers."""

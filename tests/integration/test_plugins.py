@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from ..conftest import CHAINMAIL, raw_exchange
+from ..conftest import CHAINMAIL, cli_on_conf, raw_exchange
 
 BLOCK_A = ('<handler class="RecipientBlocker"><blocked>blocked@local.test</blocked>'
            '<code>551</code><enhanced>5.7.1</enhanced><text>Handler A says no</text></handler>')
@@ -84,14 +84,11 @@ def test_prepended_header_lands_in_the_spool(chainmail_factory):
 
 
 def test_bad_handler_parameter_is_a_configuration_error(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "smtpserver.xml").write_text(
+    result = cli_on_conf(
+        tmp_path,
         '<smtpservers><smtpserver><bind>127.0.0.1:0</bind><handlerchain>\n\n'
         '<handler class="RecipientBlocker"><code>abc</code></handler>'
-        '</handlerchain></smtpserver></smtpservers>')
-    result = subprocess.run([*CHAINMAIL, "run", "--conf", str(conf), "--var", str(tmp_path / "var")],
-                            capture_output=True, text=True, timeout=30)
+        '</handlerchain></smtpserver></smtpservers>', "run")
     assert result.returncode == 2
     assert "smtpserver.xml:3: handler RecipientBlocker: code: 'abc' is not an integer" in result.stderr
 
@@ -111,14 +108,11 @@ def test_james_sample_configuration_loads_unchanged(tmp_path):
 
 
 def test_james_handler_not_provided_is_named(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "smtpserver.xml").write_text(
+    result = cli_on_conf(
+        tmp_path,
         '<smtpservers><smtpserver><bind>127.0.0.1:0</bind><handlerchain>\n'
         '<handler class="org.apache.james.smtpserver.fastfail.DNSRBLHandler"/>\n'
-        '</handlerchain></smtpserver></smtpservers>\n')
-    result = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf), "--var", str(tmp_path / "var")],
-                            capture_output=True, text=True, timeout=30)
+        '</handlerchain></smtpserver></smtpservers>\n', "check-config")
     assert result.returncode == 2
     assert "smtpserver.xml:2: handler: no installed handler provides " \
            "'org.apache.james.smtpserver.fastfail.DNSRBLHandler'" in result.stderr

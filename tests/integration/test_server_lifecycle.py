@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ..conftest import CHAINMAIL, need, raw_exchange
+from ..conftest import CHAINMAIL, cli_on_conf, need, raw_exchange
 
 
 def read_line(sock: socket.socket, timeout: float = 5) -> bytes:
@@ -89,27 +89,21 @@ def test_sigterm_drains_gracefully(chainmail):
     assert len(chainmail.queued()) == 1
 
 
-def test_bad_configuration_names_file_and_line(chainmail_factory, tmp_path):
-    conf = tmp_path / "bad" / "conf"
-    conf.mkdir(parents=True)
-    (conf / "smtpserver.xml").write_text(
-        "<smtpservers>\n<smtpserver>\n<bind>127.0.0.1:2x5</bind>\n</smtpserver>\n</smtpservers>\n")
-    result = subprocess.run([*CHAINMAIL, "run", "--conf", str(conf), "--var", str(tmp_path / "bad/var")],
-                            capture_output=True, text=True, timeout=30)
+def test_bad_configuration_names_file_and_line(tmp_path):
+    result = cli_on_conf(
+        tmp_path, "<smtpservers>\n<smtpserver>\n<bind>127.0.0.1:2x5</bind>\n</smtpserver>\n</smtpservers>\n",
+        "run")
     assert result.returncode != 0
     assert "smtpserver.xml:3: bind:" in result.stderr
     assert "2x5" in result.stderr
 
 
 def test_unknown_handler_is_a_configuration_error(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "smtpserver.xml").write_text(
+    result = cli_on_conf(
+        tmp_path,
         '<smtpservers><smtpserver><bind>127.0.0.1:0</bind>\n<handlerchain>\n'
         '<handler class="org.apache.james.smtpserver.fastfail.NoSuchHandler"/>\n'
-        '</handlerchain></smtpserver></smtpservers>\n')
-    result = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf), "--var", str(tmp_path / "var")],
-                            capture_output=True, text=True, timeout=30)
+        '</handlerchain></smtpserver></smtpservers>\n', "check-config")
     assert result.returncode == 2
     assert "smtpserver.xml:3: handler: no installed handler provides " \
            "'org.apache.james.smtpserver.fastfail.NoSuchHandler'" in result.stderr
@@ -117,14 +111,11 @@ def test_unknown_handler_is_a_configuration_error(tmp_path):
 
 
 def test_check_config_prints_effective_values_and_chain(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "smtpserver.xml").write_text(
+    result = cli_on_conf(
+        tmp_path,
         '<smtpservers><smtpserver><jmxName>mx</jmxName><bind>127.0.0.1:0</bind>'
         '<handlerchain><handler class="com.example.mail.RecipientBlocker"/></handlerchain>'
-        '</smtpserver></smtpservers>')
-    result = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf)], capture_output=True,
-                            text=True, timeout=30, cwd=tmp_path)
+        '</smtpserver></smtpservers>', "check-config")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "connectiontimeout = 300" in out

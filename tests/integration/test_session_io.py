@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ..conftest import CHAINMAIL, need
+from ..conftest import cli_on_conf, need
 
 
 def read_reply(sock: socket.socket, timeout: float = 5) -> bytes:
@@ -37,14 +37,11 @@ def test_one_connection_per_message(chainmail_factory, busy_poll):
 
 
 def test_check_config_shows_busy_poll(tmp_path):
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "smtpserver.xml").write_text(
+    out = cli_on_conf(
+        tmp_path,
         "<smtpservers><smtpserver><jmxName>a</jmxName><bind>127.0.0.1:0</bind><handlerchain/></smtpserver>"
         "<smtpserver><jmxName>b</jmxName><bind>127.0.0.1:0</bind><busyPoll>0</busyPoll><handlerchain/></smtpserver>"
-        "</smtpservers>")
-    out = subprocess.run([*CHAINMAIL, "check-config", "--conf", str(conf)], capture_output=True,
-                         text=True, timeout=30, cwd=tmp_path).stdout
+        "</smtpservers>", "check-config").stdout
     assert "busyPoll = 100 microseconds" in out and "busyPoll = 0 (off)" in out
 
 
