@@ -45,10 +45,7 @@ import trio
 from ..protocol.replies import Reply
 from .sevenbit import ConversionError, downgrade_headers, has_8bit, split_entity, to_seven_bit
 
-try:
-    import idna as _idna
-except ImportError:    # pragma: no cover - the stdlib codec (IDNA 2003) is close enough
-    _idna = None
+import idna
 
 __all__ = [
     "SmtpError", "SmtpConnectionError", "SmtpReplyError", "SmtpTlsRequiredError",
@@ -157,13 +154,12 @@ def _is_ascii(addr: str) -> bool:
 
 
 def _a_label(domain: str) -> str:
-    """The ASCII form of an internationalised domain (``xn--``); ``ValueError`` if invalid."""
-    if _idna is not None:
-        try:
-            return _idna.encode(domain, uts46=True).decode("ascii")
-        except _idna.IDNAError as exc:
-            raise ValueError(str(exc)) from exc
-    return domain.encode("idna").decode("ascii")
+    """The ASCII form of an internationalised domain (``xn--``, IDNA 2008 with UTS #46
+    mapping, as browsers and current MTAs use); ``ValueError`` if invalid."""
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def ascii_address(address: str) -> str | None:

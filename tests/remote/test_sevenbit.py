@@ -200,3 +200,12 @@ async def test_deliver_converts_for_a_helo_only_server(nursery):
     assert out.kind == SUCCESS
     [data] = [r[5:] for r in peer.received if r.startswith(b"DATA:")]
     assert data == to_seven_bit(MULTIPART, by="out.test")
+
+
+def test_domains_become_a_labels_by_idna_2008():
+    from chainmail.remote.client import ascii_address
+    assert ascii_address("b@bücher.test") == "b@xn--bcher-kva.test"
+    # IDNA 2008 keeps "ß" (IDNA 2003, the stdlib codec, maps it to "ss")
+    assert ascii_address("x@straße.de") == "x@xn--strae-oqa.de"
+    assert ascii_address("x@EXAMPLE.test") == "x@EXAMPLE.test"          # ASCII: unchanged
+    assert ascii_address("jürgen@example.test") is None                  # local part: no form
