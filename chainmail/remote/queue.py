@@ -18,6 +18,12 @@ the workers of its **destination** (its recipients' domain, or the gateways): at
 after the other (so that a pooled connection carries them), and at most ``max_parallel``
 attempts overall.  An attempt that stalls holds only its own worker.
 
+With ``usePriority`` (as James's priority-aware queues), due entries are dispatched, and
+each destination's entries tried, highest ``MAIL_PRIORITY`` first (James's scale: 1 low,
+5 normal, 9 high; an MT-PRIORITY below 1 counts as 1, as James's message hook sets it), then
+oldest first; a retried entry drops to low priority (JAMES-1311), so fresh mail is not held
+up behind mail that keeps failing.  Without it, entries go in queue order.
+
 Each attempt's outcome is applied durably:
 
 - delivered recipients are done (``delivered`` callback: ``onSuccess``, RFC 3461 relayed
@@ -59,6 +65,7 @@ ATTR_LAST_ERROR = "last_error"
 ATTR_NAME = "name"
 #: James's attribute for the MT-PRIORITY of a mail (kept only with ``usePriority``).
 ATTR_PRIORITY = "MAIL_PRIORITY"
+LOW_PRIORITY, NORMAL_PRIORITY = 1, 5
 GATEWAY = "[gateway]"
 
 
@@ -103,6 +110,22 @@ def _priority(envelope: Envelope, config: RemoteDeliveryConfig) -> int | None:
         return int(str(value))      # deliver() keeps it within RFC 6710's -9..9
     except (TypeError, ValueError):
         return None
+
+
+def queue_priority(envelope: Envelope) -> int:
+    """Where the entry goes in the queue with ``usePriority`` (higher first): its
+    ``MAIL_PRIORITY`` attribute, else its MT-PRIORITY (at least :data:`LOW_PRIORITY`), else
+    :data:`NORMAL_PRIORITY`."""
+    for value in (envelope.attributes.get(ATTR_PRIORITY), envelope.mail_params.get("MT-PRIORITY")):
+        try:
+            return max(LOW_PRIORITY, int(str(value)))
+        except (TypeError, ValueError):
+            continue
+    return NORMAL_PRIORITY
+
+
+def _order(entry: QueuedMessage) -> tuple[int, float]:
+    return -queue_priority(entry.envelope), entry.queued_at
 
 
 def _requires_tls(envelope: Envelope) -> bool:
@@ -173,6 +196,8 @@ class OutgoingQueue:
             if (float(entry.envelope.attributes.get(ATTR_NEXT_ATTEMPT) or 0) <= now
                     or any(f.matches(entry) for f in flushes)):
                 out.append(entry)
+        if self.config.use_priority:
+            out.sort(key=_order)
         return out
 
     def wake(self) -> None:
@@ -184,6 +209,11 @@ class OutgoingQueue:
             self.in_flight.add(entry.id)
             key = destination_of(entry.envelope, self.config)
             self._waiting.setdefault(key, deque()).append(entry)
+        if self.config.use_priority:
+            for waiting in self._waiting.values():   # in place: workers hold these deques
+                ordered = sorted(waiting, key=_order)
+                waiting.clear()
+                waiting.extend(ordered)
         for key, waiting in list(self._waiting.items()):
             while waiting and self._workers.get(key, 0) < min(len(waiting), self.per_destination):
                 self._workers[key] = self._workers.get(key, 0) + 1
@@ -287,10 +317,13 @@ class OutgoingQueue:
             if count < self.config.max_retries:
                 delay = self.config.delays.delay_before_retry(count + 1) / 1000
                 rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params)}
+                attributes = dict(env.attributes)
+                if self.config.use_priority:
+                    attributes[ATTR_PRIORITY] = LOW_PRIORITY   # retries go last (JAMES-1311)
                 new_id = await self.enqueue(
                     env.sender, outcome.pending, content,
                     name=str(env.attributes.get(ATTR_NAME, "")),
-                    attributes=dict(env.attributes), retry_count=count + 1,
+                    attributes=attributes, retry_count=count + 1,
                     next_attempt=time.time() + delay, last_error=outcome.message,
                     mail_params=env.mail_params, rcpt_params=rcpt_params)
                 log.info("%s: temporary failure for %d recipient(s) (%s); retry %d of %d "

@@ -10,7 +10,8 @@ import pytest
 from chainmail.remote.config import RemoteDeliveryConfig
 from chainmail.remote.delivery import Outcome
 from chainmail.remote.dns import DnsService, DnsServiceConfig
-from chainmail.remote.queue import ATTR_LAST_ERROR, ATTR_RETRY_COUNT, OutgoingQueue
+from chainmail.remote.queue import (ATTR_LAST_ERROR, ATTR_PRIORITY, ATTR_RETRY_COUNT, OutgoingQueue,
+                                    queue_priority)
 from chainmail.store.spool import DirectorySpool
 
 from .fakedns import FakeDns, fake_dns
@@ -243,3 +244,47 @@ async def test_entry_removed_during_its_attempt_is_neither_retried_nor_bounced(t
     await q.enqueue("s@l.test", ["a@x.test"], MESSAGE)
     await q.run_once()
     assert q.spool.list() == [] and bounces == []
+
+
+async def _order_tried(tmp_path, **params) -> list[str]:
+    """Queue six mails of different priorities for one destination (one worker) and return
+    the order in which they were tried."""
+    gate = Gate()
+    q = make_queue(tmp_path, 9, 9, [], **params)
+    q.deliver_fn, q.per_destination = gate, 1
+    await q.enqueue("s@l.test", ["normal@x.test"], MESSAGE)
+    await q.enqueue("s@l.test", ["low@x.test"], MESSAGE, attributes={ATTR_PRIORITY: 1})
+    await q.enqueue("s@l.test", ["mt-negative@x.test"], MESSAGE, mail_params={"MT-PRIORITY": "-4"})
+    await q.enqueue("s@l.test", ["high@x.test"], MESSAGE, attributes={ATTR_PRIORITY: 9})
+    await q.enqueue("s@l.test", ["mt-seven@x.test"], MESSAGE, mail_params={"MT-PRIORITY": "7"})
+    await q.enqueue("s@l.test", ["normal-later@x.test"], MESSAGE)
+    await q.run_once()
+    return gate.done
+
+
+async def test_use_priority_tries_higher_priority_first(tmp_path):
+    assert await _order_tried(tmp_path, usePriority="true") == [
+        "high@x.test", "mt-seven@x.test", "normal@x.test", "normal-later@x.test",
+        "low@x.test", "mt-negative@x.test"]
+
+
+async def test_without_use_priority_queue_order(tmp_path):
+    assert await _order_tried(tmp_path) == [
+        "normal@x.test", "low@x.test", "mt-negative@x.test", "high@x.test", "mt-seven@x.test",
+        "normal-later@x.test"]
+
+
+@pytest.mark.parametrize("use_priority, after", [("true", 1), ("false", 9)])
+async def test_a_retry_drops_to_low_priority_with_use_priority(tmp_path, use_priority, after):
+    async def fake_deliver(sender, recipients, content, **kw):
+        return Outcome(pending=list(recipients), message="451 later")
+
+    q = make_queue(tmp_path, 9, 9, [], usePriority=use_priority, delayTime="1s")
+    q.deliver_fn = fake_deliver
+    await q.enqueue("s@l.test", ["a@x.test"], MESSAGE, attributes={ATTR_PRIORITY: 9},
+                    mail_params={"MT-PRIORITY": "6"})
+    await q.run_once()
+    [entry] = q.spool.list()
+    assert entry.envelope.attributes[ATTR_PRIORITY] == after
+    assert queue_priority(entry.envelope) == after
+    assert entry.envelope.mail_params == {"MT-PRIORITY": "6"}   # still asked of the next server
