@@ -2,8 +2,10 @@
 through the mailet engine.
 
 ``threads`` workers (trio tasks, not OS threads) receive spool ids from one dispatcher,
-which lists the spool every ``poll_interval`` seconds (sooner when the container itself
-spools mail) and never hands the same id to two workers.
+which takes each mail this process commits to the spool as it is committed (the spool's
+commit listeners: SMTP, LMTP and the container's own mail start at once), lists the spool
+every ``poll_interval`` seconds for the rest (other processes' mail, retries, what a
+restart finds), and never hands the same id to two workers.
 
 A mail leaves the spool only once processing has durably handed it on:
 
@@ -44,6 +46,7 @@ log = logging.getLogger("chainmail.spooler")
 
 MAX_ATTEMPTS = 5
 POLL_INTERVAL = 0.15
+MAX_FRESH = 10000   # ids kept between two dispatches; past this, list the spool instead
 
 
 class MailSpooler:
@@ -64,9 +67,14 @@ class MailSpooler:
         self.broken: set[str] = set()
         self.processed = 0                     # mails handed on (for logs and tests)
         self._wake = trio.Event()
+        self._fresh: list[str] = []   # committed by this process since the last dispatch
+        self._next_scan = -math.inf   # trio.current_time() of the next full listing
         self._stopping = False
         self._stopped = trio.Event()
         context.on_spooled = self.notify
+        listeners = getattr(spool, "commit_listeners", None)
+        if listeners is not None:
+            listeners.append(self.notify)
 
     # -- spool access: blocking calls go to a worker thread; async ones are awaited
 
@@ -92,7 +100,13 @@ class MailSpooler:
     # -- running
 
     def notify(self, msg_id: str | None = None) -> None:
-        """Something was spooled: look at the spool now rather than at the next poll."""
+        """``msg_id`` was spooled: hand it to a worker now rather than at the next listing
+        (without an id: list the spool now)."""
+        if msg_id is None or len(self._fresh) >= MAX_FRESH:
+            self._fresh.clear()            # a listing finds them all
+            self._next_scan = -math.inf
+        else:
+            self._fresh.append(msg_id)
         self._wake.set()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -130,11 +144,17 @@ class MailSpooler:
         async with send:
             while not self._stopping:
                 self._wake = trio.Event()
-                try:
-                    ids = await self._spool_call("ids")
-                except OSError as exc:
-                    log.error("cannot list the spool: %s", exc)
-                    ids = []
+                if trio.current_time() >= self._next_scan:
+                    self._fresh.clear()
+                    self._next_scan = trio.current_time() + self.poll_interval
+                    try:
+                        ids = await self._spool_call("ids")
+                    except OSError as exc:
+                        log.error("cannot list the spool: %s", exc)
+                        ids = []
+                else:   # only what was committed meanwhile (a listener may repeat an id)
+                    ids = list(dict.fromkeys(self._fresh))
+                    self._fresh.clear()
                 now = time.time()
                 for msg_id in ids:
                     if self._stopping:
@@ -150,7 +170,7 @@ class MailSpooler:
                     await send.send(msg_id)
                 if self._stopping:
                     break
-                with trio.move_on_after(self.poll_interval):
+                with trio.move_on_at(self._next_scan):
                     await self._wake.wait()
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[str]) -> None:

@@ -544,6 +544,11 @@ class SpoolWriter:
             self._state = _ABORTED
             raise
         self._state = _COMMITTED
+        for listener in self._spool.commit_listeners:
+            try:
+                listener(self.id)
+            except Exception:   # the message is durable whatever a listener does
+                log.exception("%s: commit listener failed", self.id)
         return self.id
 
     def abort(self) -> None:
@@ -654,6 +659,10 @@ class DirectorySpool:
         #: set by the server: true when no other session is open, so a commit may fdatasync
         #: on the event loop instead of in a worker thread
         self.sync_inline: Callable[[], bool] | None = None
+        #: called with each id this process commits, right after the commit (on its trio
+        #: thread): lets a consumer in the same process start at once instead of at its
+        #: next listing
+        self.commit_listeners: list[Callable[[str], None]] = []
         # segment log
         self._lock = threading.Lock()  # appends, the index and segment bookkeeping
         self._scan_lock = threading.Lock()  # one scan of other writers' segments at a time

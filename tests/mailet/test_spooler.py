@@ -91,3 +91,42 @@ async def test_new_mail_is_noticed_and_zero_threads_leaves_mail_spooled(stores, 
         await trio.sleep(0.1)
         assert len(stores.spool.ids()) == 1
         await s.stop()
+
+
+async def test_mail_committed_in_this_process_starts_at_once(stores, context):
+    """The spool's commit listener hands a committed mail (as the SMTP and LMTP servers
+    commit it) to a worker at once: the next listing is a minute away."""
+    from chainmail.store.spool import Envelope
+    s = spooler(stores, context, '<processor state="root"><mailet match="All" class="Record"/>'
+                                 '<mailet match="All" class="Null"/></processor>', poll_interval=60)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        await trio.sleep(0.05)                       # the first listing is done
+        for n in range(3):
+            writer = stores.spool.open_writer()
+            writer.write(b"Subject: fresh\r\n\r\nbody\r\n")
+            await writer.commit(Envelope(sender="a@remote.test", recipients=[f"u{n}@local.test"]))
+        with trio.fail_after(2):
+            while stores.spool.ids():
+                await trio.sleep(0.01)
+        await s.stop()
+    assert [r for _, r in Record.seen] == [("u0@local.test",), ("u1@local.test",), ("u2@local.test",)]
+
+
+async def test_a_flood_of_commits_falls_back_to_a_listing(stores, context, monkeypatch):
+    """Past MAX_FRESH ids between two dispatches, the spooler lists the spool instead of
+    keeping every id: memory stays bounded and nothing is missed."""
+    import chainmail.mailet.spooler as spooler_module
+    monkeypatch.setattr(spooler_module, "MAX_FRESH", 2)
+    s = spooler(stores, context, '<processor state="root"><mailet match="All" class="Null"/></processor>',
+                poll_interval=60)
+    for _ in range(5):
+        await context.commit(mail())       # no dispatcher yet: ids pile up, then a rescan
+    assert len(s._fresh) <= 2
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        with trio.fail_after(2):
+            while stores.spool.ids():
+                await trio.sleep(0.01)
+        await s.stop()
+    assert s.processed == 5
