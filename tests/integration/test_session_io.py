@@ -97,3 +97,65 @@ def test_a_client_that_never_pauses_does_not_hold_up_the_others(chainmail):
     assert took < 3, f"the other client waited {took:.1f} s"
     assert during > 1000
     assert len(chainmail.queued()) == 1
+
+
+def _scenario(port: int, kind: str, n: int) -> int:
+    """One client of the mixed crowd below; returns 1 if the server acknowledged a message."""
+    body = b"Subject: crowd %d\r\n\r\n" % n + b"line of the body\r\n" * (n % 7 * 40 + 1)
+    envelope = b"EHLO crowd.test\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<u%d@local.test>\r\n" % n
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert read_reply(s).startswith(b"220 ")
+        if kind == "pipelined":
+            s.sendall(envelope + b"DATA\r\n")
+            got = b""
+            while not got.endswith(b"\r\n") or b"\r\n354 " not in got:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+            assert b"\r\n250 2.1.0" in got and b"\r\n250 2.1.5" in got, got
+            s.sendall(body + b".\r\nQUIT\r\n")
+            return int(read_reply(s).startswith(b"250 2.6.0"))
+        for line in envelope.split(b"\r\n")[:-1]:
+            s.sendall(line + b"\r\n")
+            assert read_reply(s)[:1] == b"2"
+        s.sendall(b"DATA\r\n")
+        assert read_reply(s).startswith(b"354")
+        if kind == "cut-in-data":
+            s.sendall(body[: len(body) // 2])
+            return 0
+        if kind == "reset-in-data":
+            s.sendall(body[: len(body) // 3])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            return 0
+        if kind == "trickle":
+            for i in range(0, len(body), 97):
+                s.sendall(body[i:i + 97])
+                time.sleep(0.001)
+            s.sendall(b".\r\n")
+        else:
+            s.sendall(body + b".\r\n")
+        ok = read_reply(s).startswith(b"250 2.6.0")
+        s.sendall(b"QUIT\r\n")
+        return int(ok)
+
+
+def test_a_mixed_crowd_loses_nothing_it_acknowledged(chainmail):
+    """Sixty clients at once, some finishing, some pipelining, some trickling, some cutting
+    the connection or resetting it in the middle of DATA: every message the server answered
+    250 to is in the spool, nothing of the others, and the server still serves."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+    rng = random.Random(2026)
+    kinds = [rng.choice(["whole", "pipelined", "trickle", "cut-in-data", "reset-in-data"])
+             for _ in range(60)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        acked = sum(pool.map(lambda job: _scenario(chainmail.port, *job), zip(kinds, range(60))))
+    finishing = sum(k in ("whole", "pipelined", "trickle") for k in kinds)
+    assert acked == finishing
+    time.sleep(0.2)
+    queued = chainmail.queued()
+    assert len(queued) == acked
+    assert sorted(m.envelope.recipients[0] for m in queued) == sorted(
+        f"u{n}@local.test" for n, k in enumerate(kinds) if k in ("whole", "pipelined", "trickle"))
+    with chainmail.smtp() as s:
+        assert s.noop()[0] == 250
