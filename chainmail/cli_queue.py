@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-__all__ = ["add_subcommands", "run"]
+__all__ = ["add_subcommands", "run", "format_age"]
 
 
 def _spool(var: str):
@@ -113,9 +113,9 @@ def _queue_outgoing_row(entry, now: float, flushes) -> str:
     env = entry.envelope
     attrs = env.attributes
     due = float(attrs.get(ATTR_NEXT_ATTEMPT) or 0)
-    nxt = "now" if due <= now or any(f.matches(entry) for f in flushes) else f"in {_age(due - now)}"
+    nxt = "now" if due <= now or any(f.matches(entry) for f in flushes) else f"in {format_age(due - now)}"
     error = " ".join(str(attrs.get(ATTR_LAST_ERROR) or "").split())
-    return (f"{entry.id:<33} {_age(now - _arrival(entry)):>8} {nxt:>8} "
+    return (f"{entry.id:<33} {format_age(now - _arrival(entry)):>8} {nxt:>8} "
             f"{int(attrs.get(ATTR_RETRY_COUNT) or 0):>5}  {_queue_addresses(env)}"
             + (f"  ({error})" if error else ""))
 
@@ -138,7 +138,7 @@ def _queue_list_spool(var: str, domain: str | None, now: float) -> None:
     for m in messages:
         env = m.envelope
         error = env.attributes.get("chainmail.error_message")
-        print(f"{m.id:<32} {_age(now - _arrival(m)):>8} {m.size:>10} {env.state:<16} "
+        print(f"{m.id:<32} {format_age(now - _arrival(m)):>8} {m.size:>10} {env.state:<16} "
               f"{env.error_count:>5}  {_queue_addresses(env)}"
               + (f"  ({error})" if error else ""))
     print(f"{len(messages)} message(s) queued")
@@ -191,7 +191,8 @@ def _queue_remove_one(queues, msg_id: str):
     return None
 
 
-def _age(seconds: float) -> str:
+def format_age(seconds: float) -> str:
+    """A duration as the queue listings show it: 95s, 14m, 5h, 3d."""
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"

@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from ..cli_queue import format_age
+
 __all__ = ["add_subcommands", "run", "describe_container"]
 
 
@@ -109,7 +111,7 @@ def _show(repo, key: str | None) -> int:
         now = time.time()
         print(f"{'KEY':<30} {'AGE':>6} {'STATE':<16} SENDER -> RECIPIENTS: ERROR")
         for m in mails:
-            print(f"{m.key:<30} {_age(now - m.stored_at):>6} {m.state:<16} <{m.sender}> -> "
+            print(f"{m.key:<30} {format_age(now - m.stored_at):>6} {m.state:<16} <{m.sender}> -> "
                   + ", ".join(f"<{r}>" for r in m.recipients)
                   + (f": {m.error_message}" if m.error_message else ""))
         print(f"{len(mails)} mail(s) in {repo.url}")
@@ -200,14 +202,3 @@ def _size(text: str, parse_size) -> int:
     if value.upper() == "UNLIMITED":
         raise ValueError("use `chainmail quota remove USER` for no quota")
     return parse_size(value, "B")   # a bare number is bytes; 500k, 100m, 2g
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"

@@ -22,8 +22,6 @@ available, as James does.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 
 import trio
@@ -33,6 +31,7 @@ from chainmail.verdict import HookResult
 
 from .oauth import MECHANISMS as OAUTH_MECHANISMS
 from .relay import auth_announced
+from .sasl import decode_response
 
 log = logging.getLogger("chainmail.auth")
 
@@ -49,14 +48,6 @@ def oauth_mechanisms(session) -> tuple:
     return tuple(m for m in OAUTH_MECHANISMS if m.available(session))
 
 
-def _decode(line: str) -> bytes | None:
-    line = line.strip()
-    if line == "=":
-        return b""
-    try:
-        return base64.b64decode(line, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 class AuthCmdHandler:
@@ -125,7 +116,7 @@ class AuthCmdHandler:
     async def _plain_response(self, session, line: str) -> Reply:
         if line.strip() == "*":
             return R.auth_aborted
-        data = _decode(line)
+        data = decode_response(line)
         if data is None:
             return R.auth_cannot_decode("PLAIN")
         parts = data.split(b"\x00")
@@ -145,7 +136,7 @@ class AuthCmdHandler:
     async def _login_username(self, session, line: str) -> Reply:
         if line.strip() == "*":
             return R.auth_aborted
-        data = _decode(line)
+        data = decode_response(line)
         if data is None:
             return R.auth_cannot_decode("LOGIN")
         try:
@@ -156,7 +147,7 @@ class AuthCmdHandler:
         async def password_step(session, line: str) -> Reply:
             if line.strip() == "*":
                 return R.auth_aborted
-            secret = _decode(line)
+            secret = decode_response(line)
             if secret is None:
                 return R.auth_cannot_decode("LOGIN")
             try:

@@ -31,8 +31,6 @@ Refusals count toward the AUTH failure limit of the session.  Tokens are never l
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +38,8 @@ from functools import partial
 from chainmail.oidc import InvalidToken, ProviderUnavailable
 from chainmail.protocol.replies import R, Reply
 from chainmail.store.users import username_for
+
+from .sasl import decode_response
 
 __all__ = ["OAUTH_MECHANISMS", "OAuthPayload", "OAuthMechanism", "parse_payload"]
 
@@ -57,14 +57,6 @@ class OAuthPayload:
         return f"OAuthPayload(user={self.user!r})"
 
 
-def _b64(line: str) -> bytes | None:
-    line = line.strip()
-    if line == "=":
-        return b""
-    try:
-        return base64.b64decode(line, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _saslname(value: str) -> str | None:
@@ -152,7 +144,7 @@ class OAuthMechanism:
     async def respond(self, handler, session, line: str) -> Reply:
         if line.strip() == "*":
             return R.auth_aborted
-        data = _b64(line)
+        data = decode_response(line)
         payload = None if data is None else parse_payload(data)
         if payload is None:
             return R.auth_cannot_decode(self.name)
