@@ -51,6 +51,22 @@ async def test_two_mails_to_a_real_chainmail_over_one_connection(chainmail):
     assert sorted(m.envelope.recipients[0] for m in chainmail.queued()) == ["x@example.test", "y@example.test"]
 
 
+async def test_domains_sharing_an_exchanger_share_its_connection(nursery):
+    """The pool is keyed by the session's shape, not by the recipient domain: a second
+    domain hosted on the same MX reuses the first domain's connection."""
+    peer = await start_peer(nursery, Peer(replies={"EHLO": ESMTP}))
+    pool = ConnectionPool()
+    dns = mx_records((10, "mx.example.test", "127.0.0.1"))
+    dns.add("other.test", "MX", (10, "mx.example.test"))
+    async with fake_dns(dns):
+        config, svc = configure(dns, peer.port)
+        first = await deliver("a@l.test", ["x@example.test"], MESSAGE, config=config, dns=svc, pool=pool)
+        second = await deliver("a@l.test", ["y@other.test"], MESSAGE, config=config, dns=svc, pool=pool)
+    assert first.kind == second.kind == SUCCESS
+    assert peer.connections == 1 and len(pool) == 1
+    await pool.aclose()
+
+
 async def test_without_a_pool_every_mail_quits(nursery):
     peer = await start_peer(nursery, Peer(replies={"EHLO": ESMTP}))
     await send_twice(peer, None)
