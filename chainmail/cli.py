@@ -260,7 +260,12 @@ def _keystore(conf: str) -> int:
             print(f"{tls.keystore}: keystoreType {tls.keystore_type} is not PKCS12; not created")
             continue
         names = sorted({server.hello_name, "localhost"})
-        create_self_signed_keystore(tls.keystore, tls.secret, names)
+        try:
+            create_self_signed_keystore(tls.keystore, tls.secret, names)
+        except OSError as exc:
+            print(f"chainmail: {server.file}:{server.line}: tls/keystore: cannot create "
+                  f"{tls.keystore}: {exc.strerror}", file=sys.stderr)
+            return 1
         print(f"{tls.keystore}: created a self-signed certificate for {', '.join(names)}")
     return 0
 

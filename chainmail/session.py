@@ -6,6 +6,7 @@ update this state and return verdicts or replies.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import os
 import time
@@ -33,6 +34,11 @@ class TLSInfo:
     protocol: str
     cipher: str
     sni: str | None = None
+
+
+#: The SNI name of the TLS handshake running in the current task: set by the server's SNI
+#: callback (``server/tls.py``), read into :attr:`TLSInfo.sni` once the handshake is done.
+sni_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("sni_name", default=None)
 
 
 @dataclass(slots=True)

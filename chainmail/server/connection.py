@@ -31,10 +31,9 @@ import trio
 from ..protocol import engine
 from ..protocol.proxy import MAX_HEADER, ProxyError, ProxyHeader, parse_proxy_header
 from ..protocol.replies import R, Reply
-from ..session import Session, TLSInfo
+from ..session import Session, TLSInfo, sni_name
 from ..verdict import Action, to_reply
 from .busypoll import poll_readable
-from .tls import sni_name as tls_sni_name
 
 __all__ = ["serve_connection", "serve_listener", "sweep_idle_sessions", "SessionRunner"]
 
@@ -270,7 +269,7 @@ async def read_proxy_header_from(stream) -> tuple[ProxyHeader, bytes]:
 def tls_info_of(stream: trio.SSLStream) -> TLSInfo:
     cipher = stream.cipher()
     return TLSInfo(protocol=stream.version() or "TLS", cipher=cipher[0] if cipher else "",
-                   sni=tls_sni_name.get())
+                   sni=sni_name.get())
 
 
 class SessionRunner:

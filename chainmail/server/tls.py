@@ -9,7 +9,6 @@ one-time password.  Several certificates per server are chosen by SNI.  ``TLSMan
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import secrets
@@ -23,14 +22,13 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ..config.errors import ConfigError
+from ..session import sni_name
 
 __all__ = ["TLSManager", "KeyMaterial", "load_key_material", "build_server_context",
            "sni_name", "create_self_signed_keystore"]
 
 log = logging.getLogger("chainmail.tls")
 
-sni_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("sni_name", default=None)
-"""The SNI name of the handshake running in the current task (set by the SNI callback)."""
 
 JKS_MAGIC = b"\xfe\xed\xfe\xed"
 JCEKS_MAGIC = b"\xce\xce\xce\xce"

@@ -35,7 +35,6 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 
-from chainmail.oidc import InvalidToken, ProviderUnavailable
 from chainmail.protocol.replies import R, Reply
 from chainmail.store.users import username_for
 
@@ -149,6 +148,8 @@ class OAuthMechanism:
         if payload is None:
             return R.auth_cannot_decode(self.name)
         verifier = handler.oidc_verifier(session)
+        # chainmail.oidc (joserfc, cryptography) is loaded only where <oidc> is configured
+        from chainmail.oidc import InvalidToken, ProviderUnavailable
         try:
             verified = await verifier.verify(payload.token)
         except ProviderUnavailable as exc:

@@ -205,3 +205,15 @@ def test_domain_added_while_running_is_local(chainmail_factory):
 def test_python_dash_m_works(tmp_path):
     result = subprocess.run([sys.executable, "-m", "chainmail", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "check-config" in result.stdout
+
+
+def test_keystore_command_names_a_directory_it_cannot_write(tmp_path):
+    result = cli_on_conf(
+        tmp_path,
+        "<smtpservers><smtpserver><bind>127.0.0.1:0</bind>\n"
+        '<tls socketTLS="true"><keystore>no/such/dir/keystore</keystore><secret>s</secret></tls>\n'
+        "</smtpserver></smtpservers>\n", "keystore")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "smtpserver.xml:1: tls/keystore: cannot create " in result.stderr
+    assert "no/such/dir/keystore: No such file or directory" in result.stderr
