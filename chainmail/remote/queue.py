@@ -21,8 +21,9 @@ attempts overall.  An attempt that stalls holds only its own worker.
 With ``usePriority`` (as James's priority-aware queues), due entries are dispatched, and
 each destination's entries tried, highest ``MAIL_PRIORITY`` first (James's scale: 1 low,
 5 normal, 9 high; an MT-PRIORITY below 1 counts as 1, as James's message hook sets it), then
-oldest first; a retried entry drops to low priority (JAMES-1311), so fresh mail is not held
-up behind mail that keeps failing.  Without it, entries go in queue order.
+oldest first, and a freed attempt slot (``max_parallel``) goes to the highest-priority entry
+waiting for one, whatever its destination; a retried entry drops to low priority
+(JAMES-1311), so fresh mail is not held up behind mail that keeps failing.  Without it, entries go in queue order.
 
 Each attempt's outcome is applied durably:
 
@@ -53,6 +54,7 @@ from .config import RemoteDeliveryConfig
 from .control import consume_flush_requests
 from .delivery import Outcome, deliver
 from .dns import DnsService
+from .slots import PrioritySlots
 
 __all__ = ["OutgoingQueue", "Bounce", "Delivered", "ATTR_NEXT_ATTEMPT", "ATTR_RETRY_COUNT",
            "ATTR_LAST_ERROR", "ATTR_NAME", "destination_of"]
@@ -149,7 +151,7 @@ class OutgoingQueue:
         self.pool = pool
         self.deliver_fn = deliver_fn
         self.in_flight: set[str] = set()
-        self._limiter = trio.CapacityLimiter(self.max_parallel)
+        self._slots = PrioritySlots(self.max_parallel)
         self._waiting: dict[str, deque[QueuedMessage]] = {}
         self._workers: dict[str, int] = {}
         self._wake = trio.Event()
@@ -226,7 +228,8 @@ class OutgoingQueue:
             while waiting:
                 entry = waiting.popleft()
                 try:
-                    async with self._limiter:
+                    priority = queue_priority(entry.envelope) if self.config.use_priority else 0
+                    async with self._slots.slot(priority):
                         await self.attempt(entry)
                 except Exception:
                     log.exception("%s: delivery failed unexpectedly; the entry stays queued",

@@ -12,6 +12,7 @@ from chainmail.remote.delivery import Outcome
 from chainmail.remote.dns import DnsService, DnsServiceConfig
 from chainmail.remote.queue import (ATTR_LAST_ERROR, ATTR_PRIORITY, ATTR_RETRY_COUNT, OutgoingQueue,
                                     queue_priority)
+from chainmail.remote.slots import PrioritySlots
 from chainmail.store.spool import DirectorySpool
 
 from .fakedns import FakeDns, fake_dns
@@ -288,3 +289,38 @@ async def test_a_retry_drops_to_low_priority_with_use_priority(tmp_path, use_pri
     assert entry.envelope.attributes[ATTR_PRIORITY] == after
     assert queue_priority(entry.envelope) == after
     assert entry.envelope.mail_params == {"MT-PRIORITY": "6"}   # still asked of the next server
+
+
+@pytest.mark.parametrize("use_priority, expected", [
+    ("true", ["hold@held.test", "h@high.test", "l@low.test"]),
+    ("false", ["hold@held.test", "l@low.test", "h@high.test"]),
+])
+async def test_a_freed_attempt_slot_goes_to_the_highest_priority(tmp_path, use_priority, expected):
+    """One attempt at a time (max_parallel 1): while held.test holds the slot, low.test
+    waits for it, then high priority mail for another destination arrives.  With
+    usePriority the freed slot goes to the high priority mail."""
+    import trio
+    gate = Gate(hold={"held.test"})
+    q = make_queue(tmp_path, 9, 9, [], usePriority=use_priority)
+    q.deliver_fn = gate
+    q._slots = PrioritySlots(1)
+    await q.enqueue("s@l.test", ["hold@held.test"], MESSAGE, attributes={ATTR_PRIORITY: 9})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: q.run(poll_interval=0.05, task_status=task_status))
+        with trio.fail_after(5):
+            while gate.active.get("held.test") != 1:
+                await trio.sleep(0.01)
+        await q.enqueue("s@l.test", ["l@low.test"], MESSAGE, attributes={ATTR_PRIORITY: 1})
+        with trio.fail_after(5):
+            while q._slots.waiting < 1:
+                await trio.sleep(0.01)
+        await q.enqueue("s@l.test", ["h@high.test"], MESSAGE, attributes={ATTR_PRIORITY: 9})
+        with trio.fail_after(5):
+            while q._slots.waiting < 2:
+                await trio.sleep(0.01)
+        gate.release.set()
+        with trio.fail_after(5):
+            while q.spool.list():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert gate.done == expected
