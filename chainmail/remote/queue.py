@@ -57,7 +57,8 @@ from .dns import DnsService
 from .slots import PrioritySlots
 
 __all__ = ["OutgoingQueue", "Bounce", "Delivered", "ATTR_NEXT_ATTEMPT", "ATTR_RETRY_COUNT",
-           "ATTR_LAST_ERROR", "ATTR_NAME", "destination_of"]
+           "ATTR_LAST_ERROR", "ATTR_NAME", "ATTR_PRIORITY", "LOW_PRIORITY", "NORMAL_PRIORITY",
+           "destination_of", "queue_priority"]
 
 log = logging.getLogger("chainmail.remote.queue")
 

@@ -102,18 +102,18 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                 task_status.started([ctx.bound for ctx in contexts])
                 await stop_event.wait()
                 log.info("shutting down: no new connections; %d sessions open",
-                         sum(ctx.active for ctx in contexts))
+                         load.sessions)
                 accept_scope.cancel()
                 for ctx in contexts:
                     ctx.draining = True
                     for runner in list(ctx.sessions):
                         runner.request_shutdown()
                 with trio.move_on_after(grace_period) as grace:
-                    while any(ctx.active for ctx in contexts):
+                    while load.sessions:
                         await trio.sleep(0.05)
                 if grace.cancelled_caught:
                     log.warning("grace period over: closing %d sessions",
-                                sum(ctx.active for ctx in contexts))
+                                load.sessions)
                     connections.cancel_scope.cancel()
             if spooler is not None:
                 # Let the workers finish the mail they hold (it stays spooled otherwise,

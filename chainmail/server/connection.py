@@ -19,6 +19,7 @@ CPU of a short session.  Handlers are never cut short by the idle timeout.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -321,10 +322,8 @@ class SessionRunner:
     async def _wait_and_receive(self) -> bytes:
         sock = self.plain
         if self.busy_poll and self.ctx.load.lone and poll_readable(sock, self.busy_poll):
-            try:
+            with contextlib.suppress(BlockingIOError):   # readable can still mean nothing
                 return sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
         while True:
             self.unyielded = 0
             await trio.lowlevel.wait_readable(sock)
@@ -344,10 +343,8 @@ class SessionRunner:
             while sent < len(view):
                 self.unyielded = 0
                 await trio.lowlevel.wait_writable(sock)
-                try:
+                with contextlib.suppress(BlockingIOError):
                     sent += sock.send(view[sent:])
-                except BlockingIOError:
-                    pass
         elif not self.ctx.load.lone:
             # Let the other sessions run before reading the client's answer, which is then
             # usually there already (as trio's own send does).

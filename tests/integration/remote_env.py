@@ -9,6 +9,7 @@ server answers only what a test put into it, and every address it hands out is i
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import ipaddress
@@ -26,6 +27,7 @@ from pathlib import Path
 import trio
 
 from ..remote.fakedns import FakeDns
+from ..remote.peers import ClientReader
 
 __all__ = ["LoopbackWorld", "Exchanger", "SmtpSink", "free_port", "dnsservice_xml",
            "message_ids"]
@@ -103,58 +105,44 @@ class Exchanger:
         self.connections += 1
         start = time.monotonic()
         self.connected_at.append(start)
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             async with stream:
                 await self._session(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
         self.closed_after.append(time.monotonic() - start)
 
     async def _session(self, stream) -> None:
+        reader = ClientReader(stream)
         if self.greeting is None:   # stalled: say nothing, wait for the client to hang up
-            while await stream.receive_some(65536):
-                pass
+            while await reader.next() is not None:
+                continue
             return
         await stream.send_all(self.greeting)
         if not self.greeting.startswith(b"2"):
             return
-        buf, in_data = b"", False
         mail_from, rcpts = b"", []
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
+        while (event := await reader.next()) is not None:
+            kind, line = event
+            if kind == "data":
+                if self.data_delay:
+                    await trio.sleep(self.data_delay)
+                await stream.send_all(b"250 2.0.0 queued\r\n")
+                self.messages.append(line)
+                self.envelopes.append((mail_from, rcpts))
+                continue
+            self.commands.append(line)
+            verb = line.split(b" ")[0].decode(errors="replace").upper()
+            reply = self.replies.get(verb, b"502 5.5.2 no\r\n")
+            if callable(reply):
+                reply = reply(line)
+            if verb == "MAIL" and reply.startswith(b"2"):
+                mail_from, rcpts = line, []
+            elif verb == "RCPT" and reply.startswith(b"2"):
+                rcpts.append(line)
+            await stream.send_all(reply)
+            if verb == "DATA" and reply.startswith(b"354"):
+                reader.expect_data()
+            if verb == "QUIT":
                 return
-            buf += chunk
-            while True:
-                if in_data:
-                    end = buf.find(b"\r\n.\r\n")
-                    if end < 0:
-                        break
-                    body, buf, in_data = buf[:end + 2], buf[end + 5:], False
-                    if self.data_delay:
-                        await trio.sleep(self.data_delay)
-                    await stream.send_all(b"250 2.0.0 queued\r\n")
-                    self.messages.append(body)
-                    self.envelopes.append((mail_from, rcpts))
-                    continue
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    break
-                line, buf = buf[:end], buf[end + 2:]
-                self.commands.append(line)
-                verb = line.split(b" ")[0].decode(errors="replace").upper()
-                reply = self.replies.get(verb, b"502 5.5.2 no\r\n")
-                if callable(reply):
-                    reply = reply(line)
-                if verb == "MAIL" and reply.startswith(b"2"):
-                    mail_from, rcpts = line, []
-                elif verb == "RCPT" and reply.startswith(b"2"):
-                    rcpts.append(line)
-                await stream.send_all(reply)
-                if verb == "DATA" and reply.startswith(b"354"):
-                    in_data = True
-                if verb == "QUIT":
-                    return
 
 
 class LoopbackWorld:
@@ -218,10 +206,8 @@ class LoopbackWorld:
 
     def close(self) -> None:
         if self._token is not None and self._nursery is not None and self._thread.is_alive():
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._nursery.cancel_scope.cancel, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
         self._thread.join(10)
         if self._thread.is_alive():
             raise RuntimeError("the loopback world did not stop")
@@ -261,10 +247,8 @@ class SmtpSink:
     def dumps(self) -> list[bytes]:
         out = []
         for path in sorted(self.dir.iterdir()):
-            try:
+            with contextlib.suppress(FileNotFoundError):   # delivered and removed meanwhile
                 out.append(path.read_bytes())
-            except FileNotFoundError:
-                pass
         return out
 
     def messages(self, marker: bytes) -> list[email.message.Message]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from functools import partial
 
 import trio
 import trio.testing
 
-__all__ = ["Peer", "start_peer", "ehlo"]
+__all__ = ["Peer", "start_peer", "ehlo", "ClientReader"]
 
 
 def ehlo(*keywords: str, name: str = "peer.test") -> bytes:
@@ -22,6 +23,37 @@ def unstuff(data: bytes) -> bytes:
     """The message as sent, without the DATA dot-stuffing."""
     data = data.replace(b"\r\n..", b"\r\n.")
     return data[1:] if data.startswith(b"..") else data
+
+
+class ClientReader:
+    """What a client sends, split as a server reads it: command lines (without CRLF) and,
+    after :meth:`expect_data`, one DATA body (still dot-stuffed, up to its last CRLF)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream   # replaced by the caller after STARTTLS (nothing is buffered then)
+        self.buf = b""
+        self.in_data = False
+
+    def expect_data(self) -> None:
+        self.in_data = True
+
+    async def next(self) -> tuple[str, bytes] | None:
+        """``("line", command)``, ``("data", body)``, or None once the client has closed."""
+        while True:
+            if self.in_data:
+                end = self.buf.find(b"\r\n.\r\n")
+                if end >= 0:
+                    body, self.buf, self.in_data = self.buf[:end + 2], self.buf[end + 5:], False
+                    return "data", body
+            else:
+                end = self.buf.find(b"\r\n")
+                if end >= 0:
+                    line, self.buf = self.buf[:end], self.buf[end + 2:]
+                    return "line", line
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
 
 
 class Peer:
@@ -55,11 +87,9 @@ class Peer:
         """Say ``reply`` on every open connection and close it, as an idle timeout does."""
         await trio.testing.wait_all_tasks_blocked()     # every session back in receive_some
         for stream in list(self.open):
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(reply)
                 await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     async def handle(self, stream):
         self.connections += 1
@@ -67,53 +97,38 @@ class Peer:
             await trio.sleep_forever()
         self.open.add(stream)
         try:
-            await self.session(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.session(stream)
         finally:
             self.open.discard(stream)
 
     async def session(self, stream):
         await stream.send_all(self.greeting)
-        buf = b""
-        in_data = False
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
+        reader = ClientReader(stream)
+        while (event := await reader.next()) is not None:
+            kind, line = event
+            if kind == "data":
+                self.received.append(b"DATA:" + unstuff(line))
+                await stream.send_all(b"250 2.0.0 queued\r\n")
+                continue
+            self.received.append(line)
+            word = line.split(b" ")[0].decode()
+            verb = word.upper()
+            reply = self.replies.get(word, self.replies.get(verb, b"502 no\r\n"))
+            if verb == "EHLO" and self.ehlo_tls and isinstance(stream, trio.SSLStream):
+                reply = self.ehlo_tls
+            if callable(reply):
+                reply = reply(line)
+            if reply is None:
+                await stream.aclose()
                 return
-            buf += chunk
-            while True:
-                if in_data:
-                    end = buf.find(b"\r\n.\r\n")
-                    if end < 0:
-                        break
-                    self.received.append(b"DATA:" + unstuff(buf[:end + 2]))
-                    buf = buf[end + 5:]
-                    in_data = False
-                    await stream.send_all(b"250 2.0.0 queued\r\n")
-                    continue
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    break
-                line, buf = buf[:end], buf[end + 2:]
-                self.received.append(line)
-                word = line.split(b" ")[0].decode()
-                verb = word.upper()
-                reply = self.replies.get(word, self.replies.get(verb, b"502 no\r\n"))
-                if verb == "EHLO" and self.ehlo_tls and isinstance(stream, trio.SSLStream):
-                    reply = self.ehlo_tls
-                if callable(reply):
-                    reply = reply(line)
-                if reply is None:
-                    await stream.aclose()
-                    return
-                await stream.send_all(reply)
-                if verb == "DATA" and reply.startswith(b"354"):
-                    in_data = True
-                if verb == "STARTTLS" and self.tls and reply.startswith(b"220"):
-                    stream = await self.starttls(stream)
-                if verb == "QUIT":
-                    return
+            await stream.send_all(reply)
+            if verb == "DATA" and reply.startswith(b"354"):
+                reader.expect_data()
+            if verb == "STARTTLS" and self.tls and reply.startswith(b"220"):
+                stream = reader.stream = await self.starttls(stream)
+            if verb == "QUIT":
+                return
 
     async def starttls(self, stream):
         self.open.discard(stream)
