@@ -197,6 +197,7 @@ def describe_server(server: ServerConfig) -> list[tuple[str, str]]:
     size = server.max_message_size
     out.append(("maxmessagesize", "0 (unlimited)" if size == 0 else f"{size} bytes ({format_size(size)})"))
     out.append(("maxLineLength", str(server.max_line_length)))
+    out.append(("forbidBareNewline", server.bare_newline))
     if smtp:
         out += [
             ("heloEhloEnforcement", _b(server.helo_ehlo_enforcement)),

@@ -193,6 +193,7 @@ class ServerConfig:
     disabled_features: tuple[str, ...] = ()
     handler_timeout: float = 30.0
     busy_poll: int = 100   # microseconds; 0 = off
+    bare_newline: str = "reject"   # "reject" | "normalize"
     high_write_buffer_water_mark: int | None = None
     low_write_buffer_water_mark: int | None = None
     handlerchain: HandlerChainConfig = field(default_factory=HandlerChainConfig)
@@ -209,6 +210,7 @@ _COMMON_ELEMENTS = {
     "helloName", "ioWorkerCount", "bossWorkerCount", "maxExecutorCount", "gracefulShutdown", "useEpoll",
     "highWriteBufferWaterMark", "lowWriteBufferWaterMark", "proxyRequired", "proxyFirst", "tls",
     "handlerchain", "maxmessagesize", "maxLineLength", "handlerTimeout", "busyPoll",
+    "forbidBareNewline",
 }
 _SMTP_ONLY = {
     "auth", "authRequired", "authorizedAddresses", "verifyIdentity", "heloEhloEnforcement",
@@ -386,6 +388,7 @@ def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str
         )
     handler_timeout = reader.child_float(block, "handlerTimeout", 30.0, minimum=0.0)
     busy_poll = reader.child_int(block, "busyPoll", 100, minimum=0, maximum=MAX_BUSY_POLL)
+    bare_newline = _parse_bare_newline(reader, block)
 
     if smtp:
         auth = _parse_auth(reader, block)
@@ -442,6 +445,7 @@ def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str
         disabled_features=disabled_features,
         handler_timeout=handler_timeout,
         busy_poll=busy_poll,
+        bare_newline=bare_newline,
         high_write_buffer_water_mark=high,
         low_write_buffer_water_mark=low,
         handlerchain=chain,
@@ -551,6 +555,23 @@ def _child_size(reader: Reader, block: etree._Element, tag: str, default_unit: s
         return parse_size(text_of(el), default_unit)
     except ValueError as exc:
         raise reader.error(el, tag, str(exc)) from None
+
+
+def _parse_bare_newline(reader: Reader, block: etree._Element) -> str:
+    """``forbidBareNewline``: ``reject`` (default; ``yes``/``true`` too) or ``normalize``, as
+    Postfix's ``smtpd_forbid_bare_newline``.  Passing bare line ends on is not an option."""
+    el = first_child(block, "forbidBareNewline")
+    if el is None:
+        return "reject"
+    value = text_of(el).lower()
+    mapping = {"reject": "reject", "yes": "reject", "true": "reject", "normalize": "normalize"}
+    if value not in mapping:
+        raise reader.error(
+            el, "forbidBareNewline",
+            f"{text_of(el)!r} is not a valid mode; expected reject or normalize "
+            "(bare CR, bare LF and NUL are never passed on)",
+        )
+    return mapping[value]
 
 
 def _parse_verify_identity(reader: Reader, block: etree._Element) -> str:

@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Protocol, runtime_checkable
 
 from ..config.errors import ConfigError
+from ..protocol.lineends import head_end
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import MailetContext
@@ -69,14 +70,6 @@ class MailetError(Exception):
 # ---------------------------------------------------------------------------------- headers
 
 _WSP = (0x20, 0x09)
-
-
-def _head_end(content: bytes) -> int:
-    """Offset of the end of the header section (where the empty line, if any, starts)."""
-    if content[:1] == b"\n" or content[:2] == b"\r\n":
-        return 0
-    ends = [i + 1 for i in (content.find(b"\n\r\n"), content.find(b"\n\n")) if i >= 0]
-    return min(ends) if ends else len(content)
 
 
 def _fields(head: bytes) -> list[bytes]:
@@ -190,13 +183,13 @@ class Mail:
     @property
     def head(self) -> bytes:
         """The header section (without the empty line that ends it)."""
-        return self._content[:_head_end(self._content)]
+        return self._content[:head_end(self._content)]
 
     @property
     def body(self) -> bytes:
         """Everything after the empty line that ends the header section."""
         content = self._content
-        end = _head_end(content)
+        end = head_end(content)
         rest = content[end:]
         if rest.startswith(b"\r\n"):
             return rest[2:]
@@ -231,7 +224,7 @@ class Mail:
 
     def _rebuild(self, fields: list[bytes]) -> None:
         content = self._content
-        end = _head_end(content)
+        end = head_end(content)
         rest = content[end:]
         if not rest and fields:
             rest = self._line_end()  # a message without body still needs the empty line

@@ -16,6 +16,7 @@ import trio
 
 from .api import (ATTR_ARRIVAL, ATTR_ERROR, ATTR_HOPS, ATTR_RETRY_AT, ATTR_SENT_BY_MAILET,
                   ROOT, Mail)
+from ..protocol.lineends import canonical
 from .engine import current_outputs
 from .repository import MailRepository, RepositoryStore
 
@@ -186,7 +187,8 @@ class MailetContext:
             raise RuntimeError("no spool to send mail to")
         writer = self.spool.open_writer()
         try:
-            content = mail.content
+            # Mail a mailet wrote enters the spool as the servers let mail in: canonical.
+            content = canonical(mail.content)
             if len(content) > 256 * 1024:
                 await trio.to_thread.run_sync(writer.write, content, limiter=self.limiter)
             else:
@@ -367,14 +369,15 @@ def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
          f"Content-Type: message/delivery-status\r\n\r\n{status_text}").encode("utf-8", "surrogateescape"),
     ]
     what = "Undelivered Message" if action in ("failed", "delayed") else "Message"
+    # The original is quoted in its canonical form (no bare CR, bare LF or NUL), so that its
+    # header fields stay where chainmail saw them for every reader of the report.
     if attachment == "message":
-        original = mail.content
         parts.append(f"--{boundary}\r\nContent-Description: {what}\r\n"
-                     f"Content-Type: message/rfc822\r\n\r\n".encode() + original)
+                     f"Content-Type: message/rfc822\r\n\r\n".encode() + canonical(mail.content))
     elif attachment == "heading":
         parts.append(f"--{boundary}\r\nContent-Description: {what} Headers\r\n"
-                     f"Content-Type: text/rfc822-headers\r\n\r\n".encode() + mail.head)
+                     f"Content-Type: text/rfc822-headers\r\n\r\n".encode() + canonical(mail.head))
     parts = [p if p.endswith(b"\r\n") else p + b"\r\n" for p in parts]
     parts.append(f"--{boundary}--\r\n".encode())
     # Each part keeps its own last line end; the CRLF before each delimiter is the join's.
-    return b"\r\n".join(parts)
+    return canonical(b"\r\n".join(parts))

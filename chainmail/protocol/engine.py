@@ -9,20 +9,31 @@ Two modes:
 
 * command mode: CRLF-terminated lines of at most ``max_line_length`` octets (CRLF excluded);
   a bare LF is refused, as Postfix does, because ambiguous line endings are how SMTP
-  smuggling works.
+  smuggling works.  A command line holding a bare CR or a NUL is refused on its own
+  (:class:`ForbiddenOctet`): its framing is intact, so the session goes on.
 * data mode (entered with :meth:`Connection.start_data` after a ``354``): the body is handed
   out as :class:`BodyChunk` events, dot-unstuffed, in pieces no larger than what was received,
   so memory stays bounded whatever the message size.  The only end of data is
-  ``CRLF . CRLF``.  A bare LF in the body ends the session (``500 5.0.0``), as James does.
+  ``CRLF . CRLF``.  A bare LF (as James does), a bare CR or a NUL in the body ends the
+  session (:class:`BareLineFeed`, :class:`ForbiddenOctet`): nothing of the message is kept,
+  and no later byte is read as a command, so nothing smuggled after it can start a
+  transaction.
+
+With ``normalize`` (Postfix's ``smtpd_forbid_bare_newline = normalize``) a bare LF ends a
+command line like a CRLF, and message data is handed out in the canonical form of
+:mod:`chainmail.protocol.lineends` (NUL removed, bare LF and CR made CRLF, a bare CR in the
+header section a space); the end of data is still only ``CRLF . CRLF``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chainmail.protocol.lineends import Canonicalizer, first_forbidden
+
 __all__ = [
     "Connection", "Command", "BodyChunk", "EndOfData", "LineTooLong", "BareLineFeed",
-    "NEED_DATA", "CLOSED", "COMMAND", "DATA",
+    "ForbiddenOctet", "NEED_DATA", "CLOSED", "COMMAND", "DATA",
 ]
 
 COMMAND = "command"
@@ -83,17 +94,29 @@ class BareLineFeed:
     in_data: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ForbiddenOctet:
+    """A bare CR (``b"\\r"``) or a NUL (``b"\\0"``) in a command line or in message data.
+    In data it ends the session as a bare LF does; a command line is refused on its own."""
+
+    octet: bytes
+    in_data: bool
+
+
 _END_OF_DATA = b"\r\n.\r\n"
 
 
 class Connection:
     """Framing state of one SMTP or LMTP connection (server side)."""
 
-    __slots__ = ("max_line_length", "mode", "_buf", "_eof", "_discarding", "_data_size",
-                 "_data_long", "_broken")
+    __slots__ = ("max_line_length", "normalize", "mode", "_buf", "_eof", "_discarding",
+                 "_data_size", "_data_long", "_broken", "_canonicalizer", "_after_crlf")
 
-    def __init__(self, max_line_length: int = 8192):
+    def __init__(self, max_line_length: int = 8192, normalize: bool = False):
         self.max_line_length = max_line_length
+        self.normalize = normalize
+        self._canonicalizer: Canonicalizer | None = None
+        self._after_crlf = True   # the buffer starts right after a CRLF (data mode)
         self.mode = COMMAND
         self._buf = bytearray()
         self._eof = False
@@ -126,6 +149,9 @@ class Connection:
         self.mode = DATA
         self._data_size = 0
         self._data_long = False
+        self._after_crlf = True
+        if self.normalize:
+            self._canonicalizer = Canonicalizer()
 
     # -- output: events -----------------------------------------------------------------
     def next_event(self):
@@ -148,7 +174,7 @@ class Connection:
             ends_in_cr = buf[nl - 1] == 13 if nl > 0 else self._discarding == b"\r"
             del buf[: nl + 1]
             self._discarding = False
-            if not ends_in_cr:
+            if not ends_in_cr and not self.normalize:
                 self._broken = True
                 buf.clear()
                 return BareLineFeed(in_data=False)
@@ -166,11 +192,16 @@ class Connection:
             del buf[:nl]
             return LineTooLong()
         if nl == 0 or buf[nl - 1] != 13:
-            self._broken = True
-            buf.clear()
-            return BareLineFeed(in_data=False)
-        raw = bytes(buf[: nl - 1])
+            if not self.normalize:
+                self._broken = True
+                buf.clear()
+                return BareLineFeed(in_data=False)
+            raw = bytes(buf[:nl])
+        else:
+            raw = bytes(buf[: nl - 1])
         del buf[: nl + 1]
+        if b"\r" in raw or b"\0" in raw:
+            return ForbiddenOctet(first_forbidden(raw), in_data=False)
         line = raw.decode("utf-8", "surrogateescape").strip(" \t")
         verb, _, arg = line.partition(" ")
         arg = arg.strip(" \t")
@@ -179,8 +210,9 @@ class Connection:
     def _next_data_event(self):
         buf = self._buf
         # The buffer always starts at the beginning of a body line (only whole lines are
-        # consumed), so a leading ".\r\n" is the end-of-data line.
-        if buf.startswith(b".\r\n"):
+        # consumed), so a leading ".\r\n" is the end-of-data line -- if that line start is a
+        # CRLF's: with ``normalize`` a line may also have ended in a bare LF.
+        if buf.startswith(b".\r\n") and self._after_crlf:
             del buf[:3]
             return self._finish_data()
         last_nl = buf.rfind(b"\n")
@@ -192,13 +224,20 @@ class Connection:
         stop = last_nl + 1 if end < 0 else end + 2
         block = bytes(buf[:stop])
         del buf[:stop]
-        if block.count(b"\n") != block.count(b"\r\n"):
-            self._broken = True
-            buf.clear()
-            return BareLineFeed(in_data=True)
         self._data_size += len(block)
         if not self._data_long and _has_long_line(block, self.max_line_length):
             self._data_long = True
+        canonicalizer = self._canonicalizer
+        if canonicalizer is not None:
+            self._after_crlf = block.endswith(b"\r\n")
+            return BodyChunk(_unstuff(canonicalizer.feed(block)))
+        octet = first_forbidden(block)
+        if octet is not None:
+            self._broken = True
+            buf.clear()
+            if octet == b"\n":
+                return BareLineFeed(in_data=True)
+            return ForbiddenOctet(octet, in_data=True)
         return BodyChunk(_unstuff(block))
 
     def _overlong_partial_line(self):
@@ -208,6 +247,14 @@ class Connection:
         buf = self._buf
         keep = 2  # a trailing CR may pair with the next LF
         dropped = len(buf) - keep
+        if self._canonicalizer is None:
+            # What is dropped has no LF, so any CR in it is bare: refused here as it would
+            # be had the line arrived whole.
+            octet = first_forbidden(bytes(buf[:dropped]))
+            if octet is not None:
+                self._broken = True
+                buf.clear()
+                return ForbiddenOctet(octet, in_data=True)
         self._data_size += dropped
         del buf[:dropped]
         # The retained bytes are mid-line: prefix a marker-free filler so the next scan
@@ -219,6 +266,7 @@ class Connection:
 
     def _finish_data(self) -> EndOfData:
         self.mode = COMMAND
+        self._canonicalizer = None
         return EndOfData(self._data_size, self._data_long)
 
 

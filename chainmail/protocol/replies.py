@@ -172,6 +172,7 @@ class R:
     spool_error = Reply.of(451, "Error processing message.", "4.0.0")
     data_line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
     data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)
+    data_nul = Reply.of(500, "NUL character not allowed in message data", "5.6.0", True)
 
     # -- AUTH (RFC 4954) --------------------------------------------------------------------
     auth_already = Reply.of(503, "User has previously authenticated.  Further authentication is "

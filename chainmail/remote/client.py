@@ -42,6 +42,7 @@ from typing import Iterable, Mapping, Sequence
 
 import trio
 
+from ..protocol.lineends import canonical, is_canonical
 from ..protocol.replies import Reply
 from .sevenbit import ConversionError, downgrade_headers, has_8bit, split_entity, to_seven_bit
 
@@ -57,7 +58,6 @@ MAX_REPLY_LINES = 256
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 DSN_MAIL_KEYS = ("RET", "ENVID")
 DSN_RCPT_KEYS = ("NOTIFY", "ORCPT")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class SmtpError(Exception):
@@ -139,9 +139,10 @@ def client_tls_context(*, verify_identity: bool = True, trust_all: bool = False,
 
 
 def dot_stuff(content: bytes) -> bytes:
-    """The DATA payload: CRLF line ends, leading dots doubled, ending ``CRLF.CRLF``."""
-    data = _BARE_LF.sub(b"\r\n", content)
-    data = data.replace(b"\r\n.", b"\r\n..")
+    """The DATA payload: the canonical form of ``content`` (CRLF line ends only, no bare CR,
+    no NUL: :mod:`chainmail.protocol.lineends`), leading dots doubled, ending ``CRLF.CRLF``.
+    Whatever reached the queue, no receiver can find another end of data in it."""
+    data = canonical(content).replace(b"\r\n.", b"\r\n..")
     if data.startswith(b"."):
         data = b"." + data
     if data and not data.endswith(b"\r\n"):
@@ -393,17 +394,24 @@ class SmtpClient:
         return has_8bit(split_entity(content)[0])
 
     def _prepare_content(self, content: bytes, utf8: bool) -> tuple[bytes, list[str]]:
-        """The content as this server can take it, with its ``SIZE`` and ``BODY`` parameters."""
+        """The content as this server can take it, with its ``SIZE`` and ``BODY`` parameters.
+
+        It is always sent in canonical form (no bare CR or LF, no NUL).  8-bit content that
+        is not canonical (a ``binary`` part, say) has its 8-bit parts re-encoded even for a
+        server with ``8BITMIME``, so that what they hold survives in base64."""
         if not has_8bit(content):
+            content = canonical(content)
             return content, self._size_params(content)
         try:
             if not utf8:
                 header, sep, body = split_entity(content)
                 content = downgrade_headers(header) + sep + body
-            if "8BITMIME" not in self.extensions and has_8bit(content):
+            if has_8bit(content) and ("8BITMIME" not in self.extensions
+                                      or not is_canonical(content)):
                 content = to_seven_bit(content, by=self.helo_name)
         except ConversionError as exc:
             raise SmtpReplyError("MAIL", Reply.of(exc.code, str(exc), exc.enhanced)) from None
+        content = canonical(content)
         params = self._size_params(content)
         if has_8bit(content) and "8BITMIME" in self.extensions:
             params.append("BODY=8BITMIME")

@@ -267,6 +267,12 @@ async def read_proxy_header_from(stream) -> tuple[ProxyHeader, bytes]:
             raise ProxyError("PROXY header too long")
 
 
+def new_engine(config) -> engine.Connection:
+    """The protocol engine of a new session (or of one that has just started TLS)."""
+    return engine.Connection(config.max_line_length,
+                             normalize=config.bare_newline == "normalize")
+
+
 def tls_info_of(stream: trio.SSLStream) -> TLSInfo:
     cipher = stream.cipher()
     return TLSInfo(protocol=stream.version() or "TLS", cipher=cipher[0] if cipher else "",
@@ -285,7 +291,7 @@ class SessionRunner:
         self.busy_poll = ctx.config.busy_poll / 1e6
         self._bind_io()
         self.session = session
-        self.conn = engine.Connection(ctx.config.max_line_length)
+        self.conn = new_engine(ctx.config)
         self.out: list[bytes] = []
         self.out_size = 0
         self.scope = trio.CancelScope()
@@ -489,6 +495,8 @@ class SessionRunner:
                 reply = R.line_too_long
             elif type(event) is engine.BareLineFeed:
                 reply = R.data_bare_lf if event.in_data else R.bare_lf
+            elif type(event) is engine.ForbiddenOctet:
+                reply = self._forbidden(event)
             else:  # pragma: no cover - the engine has no other events
                 raise AssertionError(event)
             self.queue(reply)
@@ -497,6 +505,15 @@ class SessionRunner:
                 return
             if self.out_size >= FLUSH_AT:
                 await self.flush()
+
+    def _forbidden(self, event) -> Reply:
+        """A bare CR or a NUL: in a command, that command is refused; in message data, the
+        message is refused and the session closed, as for a bare LF (docs/protocol.md)."""
+        if not event.in_data:
+            return R.bad_encoding
+        what = "a NUL" if event.octet == b"\0" else "a bare CR"
+        log.warning("%s: message data with %s refused, closing", self.session, what)
+        return R.data_nul if event.octet == b"\0" else R.data_bare_lf
 
     async def _start_tls(self, reply: Reply) -> bool:
         """RFC 3207 after a ``220`` to STARTTLS.  Refuses (451, close) when the client sent
@@ -523,7 +540,7 @@ class SessionRunner:
             self.scope.deadline = math.inf
         self.stream = tls
         self._bind_io()
-        self.conn = engine.Connection(self.ctx.config.max_line_length)
+        self.conn = new_engine(self.ctx.config)
         session.reset_for_tls(tls_info_of(tls))
         log.info("%s: TLS started: %s %s", session, session.tls.protocol, session.tls.cipher)
         return True

@@ -8,7 +8,10 @@ Python's :class:`mailbox.Maildir`) never sees a partial message, and once
 :meth:`MaildirStore.deliver` has returned the message survives a crash.
 
 Messages are stored with LF line ends (what Maildir readers expect); the file name carries
-the size (``,S=<bytes>``) so that usage is computed without reading the files.
+the size (``,S=<bytes>``) so that usage is computed without reading the files.  Content with
+a bare CR or a NUL (which the SMTP and LMTP servers refuse, but a mailet may write) is first
+put in the canonical form of :mod:`chainmail.protocol.lineends`: no CR is ever written, and
+the header section ends where chainmail's own parser ends it.
 
 Quota (optional, per user) lives in the ``mailbox_quota`` table of the shared SQLite
 database.  A delivery that would take a user past the quota raises
@@ -29,6 +32,7 @@ import threading
 import time
 from typing import Iterable
 
+from chainmail.protocol.lineends import canonical
 from chainmail.store import sqlite as _sqlite
 from chainmail.store.durable import sync_dir as _fsync_dir
 
@@ -193,6 +197,8 @@ class MaildirStore(MailboxStore):
 
     def deliver(self, username: str, content: bytes) -> str:
         data = content.replace(b"\r\n", b"\n")
+        if b"\r" in data or b"\0" in data:
+            data = canonical(content).replace(b"\r\n", b"\n")
         user = username.strip().lower()
         path = self.ensure(user)
         lock = self._lock_for(user)

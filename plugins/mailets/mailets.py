@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from chainmail.mailet.api import ERROR, GHOST, ROOT, GenericMailet, Mail, encode_header_value
+from chainmail.protocol.lineends import canonical
 
 __all__ = [
     "RecipientRewriteTable", "LocalDelivery", "ToProcessor", "ToRepository", "Null", "Bounce",
@@ -280,13 +281,15 @@ def _multipart(context, recipients, subject, text, mail: Mail, attachment: str) 
     parts = [b"\r\n".join(h.encode() for h in head) + b"\r\n\r\n",
              (f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n"
               f"Content-Transfer-Encoding: {'7bit' if body.isascii() else '8bit'}\r\n\r\n").encode() + body]
-    if attachment == "message":
-        parts.append(f"--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n".encode() + mail.content)
+    if attachment == "message":   # quoted in canonical form, as bounces quote it
+        parts.append(f"--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n".encode()
+                     + canonical(mail.content))
     elif attachment == "heading":
-        parts.append(f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode() + mail.head)
+        parts.append(f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+                     + canonical(mail.head))
     parts = [p if p.endswith(b"\r\n") else p + b"\r\n" for p in parts]
     parts.append(f"--{boundary}--\r\n".encode())
-    return b"\r\n".join(parts)
+    return canonical(b"\r\n".join(parts))
 
 
 def _addresses(mailet, values: list[str], mail: Mail) -> list[str]:

@@ -230,6 +230,19 @@ def test_busy_poll(tmp_path):
         assert e.line == 4 and e.file.endswith("smtpserver.xml")
 
 
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+def test_forbid_bare_newline(tmp_path, kind):
+    assert one(tmp_path, kind=kind).bare_newline == "reject"
+    for value, expected in (("reject", "reject"), ("YES", "reject"), ("true", "reject"),
+                            ("Normalize", "normalize")):
+        body = f"<forbidBareNewline>{value}</forbidBareNewline>"
+        assert one(tmp_path, body, kind).bare_newline == expected
+    for bad in ("no", "false", "pass"):
+        e = error(tmp_path, f"<forbidBareNewline>{bad}</forbidBareNewline>", kind)
+        assert e.element == "forbidBareNewline" and "expected reject or normalize" in e.message
+        assert e.line == 4 and e.file.endswith(f"{kind}server.xml")
+
+
 def test_water_marks(tmp_path):
     s = one(tmp_path, "<highWriteBufferWaterMark>64K</highWriteBufferWaterMark>")
     assert s.high_write_buffer_water_mark == s.low_write_buffer_water_mark == 65536

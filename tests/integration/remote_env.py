@@ -76,7 +76,7 @@ class Exchanger:
     accepted message is kept in ``messages`` (raw bytes) once its final ``250`` has been
     sent; ``data_delay`` holds that reply back.  ``connections`` counts accepted TCP
     connections, ``connected_at`` holds their times (``time.monotonic()``) and ``closed_after``
-    how long each finished connection lasted."""
+    how long each finished connection lasted; ``raw`` every byte received, per connection."""
 
     def __init__(self, greeting: bytes | None = b"220 mx.test ESMTP\r\n", replies=None,
                  data_delay: float = 0.0, ehlo: bool = True):
@@ -95,6 +95,7 @@ class Exchanger:
         self.commands: list[bytes] = []
         self.messages: list[bytes] = []
         self.envelopes: list[tuple[bytes, list[bytes]]] = []
+        self.raw: list[bytearray] = []          # every byte received, one entry per connection
         self.host = ""
         self.port = 0
 
@@ -105,9 +106,11 @@ class Exchanger:
         self.connections += 1
         start = time.monotonic()
         self.connected_at.append(start)
+        received = bytearray()
+        self.raw.append(received)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             async with stream:
-                await self._session(stream)
+                await self._session(_Recording(stream, received))
         self.closed_after.append(time.monotonic() - start)
 
     async def _session(self, stream) -> None:
@@ -143,6 +146,21 @@ class Exchanger:
                 reader.expect_data()
             if verb == "QUIT":
                 return
+
+
+class _Recording:
+    """A stream that keeps a copy of every byte it receives (what the wire carried)."""
+
+    def __init__(self, stream, received: bytearray) -> None:
+        self.stream, self.received = stream, received
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        data = await self.stream.receive_some(max_bytes)
+        self.received += data
+        return data
+
+    async def send_all(self, data) -> None:
+        await self.stream.send_all(data)
 
 
 class LoopbackWorld:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ..conftest import CHAINMAIL, need, raw_exchange
+from ..smuggling import ALL_SEQUENCES, sequence_id, smuggling_message
 from .test_auth import add_user, cli
 
 LMTP_CORE = "org.apache.james.lmtpserver.CoreCmdHandlerLoader"
@@ -107,6 +108,22 @@ def test_oversize_message_is_delivered_to_nobody(lmtp):
     assert data.count(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n") == 2
     assert not (server.var / "mail" / "bob@local.test" / "new").exists() or \
         list((server.var / "mail" / "bob@local.test" / "new").iterdir()) == []
+
+
+def test_scanner_sequences_are_delivered_to_nobody(lmtp):
+    """LMTP frames DATA with the same engine: a bare CR, a bare LF or a NUL refuses the
+    message for every recipient, closes the session, and delivers nothing."""
+    server = lmtp()
+    with_users(server, "bob@local.test")
+    for sequence in ALL_SEQUENCES:
+        data = raw_exchange(server.lmtp_port, b"LHLO c\r\nMAIL FROM:<a@remote.example>\r\n"
+                            b"RCPT TO:<bob@local.test>\r\nDATA\r\n"
+                            + smuggling_message(sequence, rcpt="bob@local.test") + b".\r\nQUIT\r\n")
+        assert data.endswith((b"500 5.0.0 line delimiter must be CRLF\r\n",
+                              b"500 5.6.0 NUL character not allowed in message data\r\n")), \
+            (sequence_id(sequence), data)
+    new = server.var / "mail" / "bob@local.test" / "new"
+    assert not new.exists() or list(new.iterdir()) == []
 
 
 def test_alias_is_delivered_to_its_user(lmtp):

@@ -43,6 +43,7 @@ def test_check_config_shows_busy_poll(tmp_path):
         "<smtpserver><jmxName>b</jmxName><bind>127.0.0.1:0</bind><busyPoll>0</busyPoll><handlerchain/></smtpserver>"
         "</smtpservers>", "check-config").stdout
     assert "busyPoll = 100 microseconds" in out and "busyPoll = 0 (off)" in out
+    assert "forbidBareNewline = reject" in out
 
 
 def test_a_client_that_never_pauses_does_not_hold_up_the_others(chainmail):

@@ -181,13 +181,28 @@ def test_bare_lf_in_data_is_refused_and_nothing_queued(chainmail):
     assert chainmail.queued() == []
 
 
-def test_smuggled_end_of_data_is_content(chainmail):
-    """`\\r\\n.\\r` or `\\r.\\r\\n` are not end of data: only CRLF.CRLF is."""
-    data = raw_exchange(chainmail.port, b"EHLO t\r\nMAIL FROM:<a@local.test>\r\nRCPT TO:<u@local.test>\r\n"
-                        b"DATA\r\nSubject: x\r\n\r\nline\r.\rMAIL FROM:<e@x.example>\r\n.\r\nQUIT\r\n")
+def test_bare_cr_or_nul_in_data_refuses_the_message_and_closes(chainmail):
+    """`\\r.\\r` is no end of data, and a bare CR or a NUL is refused like a bare LF: the
+    message is not kept and nothing after it is read as a command."""
+    for body, reply in ((b"line\r.\rMAIL FROM:<e@x.example>", b"500 5.0.0 line delimiter must be CRLF"),
+                        (b"nul\x00byte", b"500 5.6.0 NUL character not allowed in message data")):
+        data = raw_exchange(chainmail.port, b"EHLO t\r\nMAIL FROM:<a@local.test>\r\nRCPT TO:<u@local.test>\r\n"
+                            b"DATA\r\nSubject: x\r\n\r\n" + body + b"\r\n.\r\nQUIT\r\n")
+        assert reply_codes(data) == [220, 250, 250, 250, 354, 500]
+        assert data.endswith(reply + b"\r\n")
+    assert chainmail.queued() == []
+
+
+def test_normalize_keeps_bare_cr_as_content_in_canonical_form(chainmail_factory):
+    server = chainmail_factory("<forbidBareNewline>normalize</forbidBareNewline>")
+    data = raw_exchange(server.port, b"EHLO t\r\nMAIL FROM:<a@local.test>\r\nRCPT TO:<u@local.test>\r\n"
+                        b"DATA\r\nSubject: x\rBcc: y\r\n\r\nline\r.\rMAIL FROM:<e@x.example>\n"
+                        b"nul\x00\r\n.\r\nQUIT\r\n")
     assert reply_codes(data) == [220, 250, 250, 250, 354, 250, 221]
-    [msg] = chainmail.queued()
-    assert b"line\r.\rMAIL FROM:<e@x.example>\r\n" in chainmail.queued_body(msg.id)
+    [msg] = server.queued()
+    body = server.queued_body(msg.id)
+    # a line made of a dot is unstuffed like any other: the fake end of data is an empty line
+    assert body.endswith(b"Subject: x Bcc: y\r\n\r\nline\r\n\r\nMAIL FROM:<e@x.example>\r\nnul\r\n")
 
 
 def test_size_limit(chainmail_factory):

@@ -11,6 +11,7 @@ import pytest
 
 from chainmail.config.errors import ConfigError
 from chainmail.mailet.api import GHOST
+from chainmail.protocol.lineends import is_canonical
 
 from .helpers import Record, build, container_xml, mail
 
@@ -140,6 +141,28 @@ async def test_notify_postmaster(context):
     assert msg.get_payload()[1].get_content_type() == "message/rfc822"
 
 
+HIDING = (b"From: Alice <alice@remote.example>\r\nX-Inject: x\rFrom: <ceo@example.org>\r\n"
+          b"Subject: hidden\r\n\r\nouter\r.\rMAIL FROM:<e@evil.test>\r\nnul\x00\r\n")
+
+
+@pytest.mark.parametrize("mailet", ["DSNBounce", "NotifyPostmaster"])
+@pytest.mark.parametrize("attachment", ["message", "heading"])
+async def test_reports_quote_the_original_in_canonical_form(context, mailet, attachment):
+    """A report quoting a mail that holds a bare CR or a NUL (a mailet wrote it) quotes it
+    canonical: the From hidden behind a bare CR stays inside X-Inject for every reader."""
+    result = await run(context, f'<mailet match="All" class="{mailet}"><attachment>{attachment}'
+                                '</attachment><passThrough>false</passThrough></mailet>',
+                       mail(content=HIDING, error_message="550 5.1.1 no"))
+    [report] = result.outputs
+    assert is_canonical(report.content)
+    msg = email.message_from_bytes(report.content, policy=email.policy.default)
+    [quoted] = [p for p in msg.walk() if p.get_content_type() in ("message/rfc822", "text/rfc822-headers")]
+    inner = quoted.get_payload()[0] if attachment == "message" else \
+        email.message_from_bytes(quoted.get_content().encode(), policy=email.policy.default)
+    assert inner.get_all("From") == ["Alice <alice@remote.example>"]
+    assert inner["X-Inject"] == "x From: <ceo@example.org>"
+
+
 async def test_headers(context):
     result = await run(context, """
         <mailet match="All" class="AddHeader"><name>X-One</name><value>1</value></mailet>
@@ -197,3 +220,14 @@ def test_missing_or_bad_parameters_are_configuration_errors(context, mailet):
     with pytest.raises(ConfigError) as err:
         build(container_xml(f'<processor state="root">{mailet}</processor>'), context)
     assert str(err.value).startswith("mailetcontainer.xml:1: mailet ")
+
+
+async def test_mail_a_mailet_sends_enters_the_spool_canonical(context, stores):
+    """send_mail, reports and `chainmail repository reprocess` all commit through the
+    context: what they put in the spool has no bare CR, bare LF or NUL."""
+    msg_id = await context.commit(mail(content=HIDING))
+    with stores.spool.open_body(msg_id) as fh:
+        spooled = fh.read()
+    assert is_canonical(spooled)
+    assert b"X-Inject: x From: <ceo@example.org>\r\n" in spooled
+    assert spooled.endswith(b"\r\nouter\r\n.\r\nMAIL FROM:<e@evil.test>\r\nnul\r\n")

@@ -9,9 +9,11 @@ import pytest
 
 from chainmail.protocol.engine import (
     CLOSED, COMMAND, DATA, NEED_DATA, BareLineFeed, BodyChunk, Command, Connection, EndOfData,
-    LineTooLong,
+    ForbiddenOctet, LineTooLong,
 )
+from chainmail.protocol.lineends import is_canonical
 
+from ..smuggling import ALL_SEQUENCES, sequence_id, smuggling_message
 from ._driver import bodies, commands, feed, normalise, one_byte_chunks, split_at
 
 
@@ -123,8 +125,14 @@ def test_lf_split_from_its_cr_is_still_crlf():
         [cmd("NOOP"), cmd("RSET"), cmd("QUIT")]
 
 
-def test_cr_without_lf_does_not_end_a_line():
-    assert feed([b"NOOP\rRSET\r\n"]) == [Command("NOOP\rRSET", None, "NOOP\rRSET")]
+@pytest.mark.parametrize("raw,octet", [
+    (b"NOOP\rRSET\r\n", b"\r"), (b"MAIL FROM:<a@b.example>\x00\r\n", b"\x00"),
+    (b"EHLO x\x00y\rz\r\n", b"\x00"), (b"\rNOOP\r\n", b"\r"),
+])
+def test_cr_or_nul_in_a_command_refuses_that_command_only(raw, octet):
+    """A CR without LF does not end a line; the line is refused, the next one is framed."""
+    for chunks in ([raw + b"QUIT\r\n"], one_byte_chunks(raw + b"QUIT\r\n")):
+        assert feed(chunks) == [ForbiddenOctet(octet, in_data=False), cmd("QUIT")]
 
 
 # -- line length -------------------------------------------------------------------------------
@@ -284,7 +292,6 @@ def test_without_start_data_body_lines_are_commands():
     (b"a\r\n..b\r\n.c\r\n..\r\nd.\r\n", b"a\r\n.b\r\nc\r\n.\r\nd.\r\n"),
     (b"x.y\r\n", b"x.y\r\n"),                    # a dot not at line start is kept
     (b". \r\n", b" \r\n"),
-    (b".\r\r\n", b"\r\r\n"),                     # '.' CR CR LF is not the end marker
 ])
 def test_dot_unstuffing(raw_body, body):
     raw = b"DATA\r\n" + raw_body + b".\r\nQUIT\r\n"
@@ -307,9 +314,10 @@ def test_dot_unstuffing(raw_body, body):
 def test_end_of_data_only_at_crlf_dot_crlf(raw_body):
     raw = b"DATA\r\n" + raw_body + b".\r\n"
     events = feed([raw])
-    if b"\n" in raw_body.replace(b"\r\n", b""):
-        # A bare LF is refused outright: no end of data is ever produced from it.
-        assert BareLineFeed(in_data=True) in events
+    if not is_canonical(raw_body):
+        # A bare LF or CR is refused outright: no end of data is ever produced from it.
+        assert events[-2:] in ([BareLineFeed(in_data=True), CLOSED],
+                               [ForbiddenOctet(b"\r", in_data=True), CLOSED])
         assert not any(isinstance(e, EndOfData) for e in events)
     else:
         ends = [e for e in events if isinstance(e, EndOfData)]
@@ -394,42 +402,83 @@ def test_bare_lf_inside_data_is_refused_then_closed(raw_body):
     assert conn.next_event() is CLOSED
 
 
-SMUGGLED = b"MAIL FROM:<admin@victim.example>\r\nRCPT TO:<target@victim.example>\r\nDATA\r\n" \
-           b"From: admin@victim.example\r\n\r\nspoofed\r\n"
+SMUGGLED_COMMANDS = ["MAIL FROM:<smuggled@evil.test>", "RCPT TO:<victim@remote.example>"]
 
 
-@pytest.mark.parametrize("ending", [
-    b"\n.\r\n",      # LF . CRLF
-    b"\r\n.\n",      # CRLF . LF
-    b"\n.\n",        # LF . LF
-    b"\r\n.\r\r\n",  # CRLF . CR CRLF -- no LF ambiguity, the smuggled part stays body
-    b"\r.\r\n",      # CR . CRLF
-    b"\r\n.\r",      # CRLF . CR (followed by MAIL)
-])
-@pytest.mark.parametrize("chunking", ["one", "bytes", "around-ending"])
-def test_smuggling_attempts_never_end_data_early(ending, chunking):
-    prefix = b"DATA\r\nFrom: user@sender.example\r\n\r\nlegit"
-    raw = prefix + ending + SMUGGLED + b".\r\n" + b"QUIT\r\n"
-    if chunking == "one":
-        chunks = [raw]
-    elif chunking == "bytes":
-        chunks = one_byte_chunks(raw)
-    else:
-        at = len(prefix)
-        chunks = split_at(raw, range(at - 1, at + len(ending) + 2))
-    events = feed(chunks)
-    # The smuggled commands are never framed as commands.
-    assert "MAIL FROM:<admin@victim.example>" not in commands(events)
-    assert "RCPT TO:<target@victim.example>" not in commands(events)
-    ends = [e for e in events if isinstance(e, EndOfData)]
-    if b"\n" in ending.replace(b"\r\n", b""):
-        assert BareLineFeed(in_data=True) in events
-        assert ends == []
-    else:
-        # Only the real CRLF.CRLF ends the message: all of it, smuggled text included, is body.
-        assert ends == [EndOfData(len(raw) - len(b"DATA\r\n") - len(b".\r\nQUIT\r\n"))]
+def chunkings_around(raw: bytes, at: int, width: int) -> list[list[bytes]]:
+    """The same bytes in one read, one byte per read, and cut at every offset around ``at``."""
+    return [[raw], one_byte_chunks(raw), split_at(raw, range(at - 1, at + width + 2))]
+
+
+@pytest.mark.parametrize("sequence", ALL_SEQUENCES, ids=sequence_id)
+def test_scanner_sequences_are_refused_and_close_the_session(sequence):
+    """Every fake end of data of both scanners holds a bare CR, a bare LF or a NUL: the
+    message is refused where that octet is seen, nothing after it is framed, whatever the
+    chunking."""
+    message = smuggling_message(sequence)
+    raw = b"DATA\r\n" + message + b".\r\nQUIT\r\n"
+    at = len(b"DATA\r\n") + message.index(sequence)
+    for chunks in chunkings_around(raw, at, len(sequence)):
+        events = feed(chunks)
+        assert commands(events) == ["DATA"]
+        assert not any(isinstance(e, EndOfData) for e in events)
+        refusal, closed = events[-2:]
+        assert closed is CLOSED
+        assert isinstance(refusal, (BareLineFeed, ForbiddenOctet)) and refusal.in_data
+        assert refusal == feed([raw])[-2]   # the same answer whatever the chunking
+
+
+@pytest.mark.parametrize("sequence", ALL_SEQUENCES, ids=sequence_id)
+def test_scanner_sequences_with_normalize_are_content_in_canonical_form(sequence):
+    """With ``normalize`` only the real CRLF.CRLF ends the message; the fake end and the
+    smuggled transaction are body text, handed out with CRLF line ends only and no NUL."""
+    message = smuggling_message(sequence)
+    raw = b"DATA\r\n" + message + b".\r\nQUIT\r\n"
+    at = len(b"DATA\r\n") + message.index(sequence)
+    results = []
+    for chunks in chunkings_around(raw, at, len(sequence)):
+        events = feed(chunks, conn=Connection(normalize=True))
         assert commands(events) == ["DATA", "QUIT"]
-        assert SMUGGLED.replace(b"\r\n", b"") in bodies(events)[0].replace(b"\r\n", b"")
+        [body] = bodies(events)
+        assert is_canonical(body)
+        assert b"MAIL FROM:<smuggled@evil.test>\r\n" in body
+        assert body.endswith(b"smuggled body\r\n")
+        results.append(body)
+    assert results == [results[0]] * len(results)
+
+
+@pytest.mark.parametrize("raw_body,body", [
+    (b"a\nb\r\n", b"a\r\nb\r\n"),
+    (b"X-Inject: x\rFrom: <ceo@example.org>\r\n\r\nbody\rmore\r\n",
+     b"X-Inject: x From: <ceo@example.org>\r\n\r\nbody\r\nmore\r\n"),
+    (b"S: a\r\n\r\nnul\x00here\r\n", b"S: a\r\n\r\nnulhere\r\n"),
+    (b"S: a\n\nbody\n..dot\r\n", b"S: a\r\n\r\nbody\r\n.dot\r\n"),
+    (b"a\n.\r\nb\r\n", b"a\r\n\r\nb\r\n"),   # LF . CRLF is no end: an unstuffed dot line
+])
+def test_normalize_mode_body(raw_body, body):
+    raw = b"DATA\r\n" + raw_body + b".\r\nQUIT\r\n"
+    for chunks in ([raw], one_byte_chunks(raw)):
+        events = feed(chunks, conn=Connection(normalize=True))
+        assert bodies(events) == [body]
+        assert [e for e in events if isinstance(e, EndOfData)] == [EndOfData(len(raw_body))]
+
+
+def test_normalize_mode_takes_a_bare_lf_as_the_end_of_a_command_line():
+    events = feed([b"NOOP\nRSET\r\nNOOP\rX\n"], conn=Connection(normalize=True))
+    assert events == [cmd("NOOP"), cmd("RSET"), ForbiddenOctet(b"\r", in_data=False)]
+
+
+@pytest.mark.parametrize("raw_body,octet", [
+    (b"line\rmore\r\n", b"\r"), (b"nul\x00\r\n", b"\x00"), (b"a\r\r\n", b"\r"),
+    (b"ok\r\nx\x00y\nz\r\n", b"\x00"),   # the first forbidden octet is the one reported
+])
+def test_bare_cr_or_nul_inside_data_is_refused_then_closed(raw_body, octet):
+    conn = Connection()
+    events = feed([b"DATA\r\n" + raw_body + b".\r\nQUIT\r\n"], conn=conn)
+    assert events[-2:] == [ForbiddenOctet(octet, in_data=True), CLOSED]
+    assert commands(events) == ["DATA"]
+    conn.receive_data(b"QUIT\r\n")
+    assert conn.next_event() is CLOSED
 
 
 # -- over-long body lines and bounded memory -------------------------------------------------------

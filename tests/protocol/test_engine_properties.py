@@ -7,8 +7,10 @@ import re
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from chainmail.protocol.engine import (
-    CLOSED, NEED_DATA, BareLineFeed, BodyChunk, Command, Connection, EndOfData, LineTooLong,
+    CLOSED, NEED_DATA, BareLineFeed, BodyChunk, Command, Connection, EndOfData, ForbiddenOctet,
+    LineTooLong,
 )
+from chainmail.protocol.lineends import is_canonical
 from chainmail.protocol.replies import Reply
 
 from ._driver import bodies, feed, normalise, one_byte_chunks, split_at
@@ -30,9 +32,10 @@ command_line = st.one_of(
     st.integers(65, 300).map(lambda n: b"L" * n),
 )
 
-# A body line: random bytes, never a LF (so never a bare LF), possibly with leading dots.
+# A body line: random bytes, never a CR, LF or NUL (the engine refuses those: see
+# framing_noise below for them), possibly with leading dots.
 body_line = st.builds(
-    lambda dots, rest: b"." * dots + rest.replace(b"\n", b""),
+    lambda dots, rest: b"." * dots + rest.replace(b"\n", b"").replace(b"\r", b"").replace(b"\0", b""),
     st.integers(0, 3), st.binary(max_size=40),
 )
 
@@ -101,8 +104,8 @@ def test_same_framing_whatever_the_chunking_with_over_long_body_lines(raw, data)
 
 
 framing_noise = st.lists(
-    st.sampled_from([b"A", b"L" * 20, b".", b"\r\n", b"\r", b"\n", b"DATA\r\n", b"\r\n.\r\n",
-                     b"NOOP\r\n", b"MAIL FROM:<a@b>\r\n"]),
+    st.sampled_from([b"A", b"L" * 20, b".", b"\r\n", b"\r", b"\n", b"\x00", b"DATA\r\n",
+                     b"\r\n.\r\n", b"NOOP\r\n", b"MAIL FROM:<a@b>\r\n"]),
     max_size=30,
 ).map(b"".join)
 
@@ -135,6 +138,21 @@ def test_same_framing_whatever_the_chunking_with_bare_line_feeds(raw, limit, dat
         assert delivered(feed(chunkings(data, raw), limit, eof=True)) == whole
 
 
+@PROPS
+@given(raw=framing_noise, data=st.data())
+@example(raw=b"DATA\r\nA\n.\r\nA\r\n.\r\n", data=None)
+def test_normalize_mode_frames_alike_whatever_the_chunking_and_bodies_are_canonical(raw, data):
+    """With ``normalize``: the same events whatever the reads, and every message handed out
+    has CRLF line ends only and no NUL."""
+    def run(chunks):
+        return delivered(feed(chunks, eof=True, conn=Connection(normalize=True)))
+    whole = run([raw])
+    assert run(one_byte_chunks(raw)) == whole
+    if data is not None:
+        assert run(chunkings(data, raw)) == whole
+    assert all(is_canonical(e.data) for e in whole if isinstance(e, BodyChunk))
+
+
 # -- (b) dot-stuffing round trip -------------------------------------------------------------------
 
 def dot_stuff(body: bytes) -> bytes:
@@ -145,14 +163,14 @@ def dot_stuff(body: bytes) -> bytes:
 
 
 raw_body_line = st.builds(
-    lambda dots, rest: b"." * dots + rest.replace(b"\n", b""),
+    lambda dots, rest: b"." * dots + rest.replace(b"\n", b"").replace(b"\r", b"").replace(b"\0", b""),
     st.integers(0, 4), st.binary(max_size=60),
 )
 
 
 @PROPS
 @given(lines=st.lists(raw_body_line, max_size=12), data=st.data())
-@example(lines=[b".", b"..", b"", b". ", b".\r"], data=None)
+@example(lines=[b".", b"..", b"", b". ", b". x"], data=None)
 @example(lines=[], data=None)
 def test_dot_stuffing_round_trip(lines, data):
     body = b"".join(line + b"\r\n" for line in lines)
@@ -197,7 +215,8 @@ def test_arbitrary_bytes_never_crash_and_always_terminate(raw, limit, data, eof)
             if event is CLOSED:
                 closed = True
                 break
-            assert isinstance(event, (Command, BodyChunk, EndOfData, LineTooLong, BareLineFeed))
+            assert isinstance(event, (Command, BodyChunk, EndOfData, LineTooLong, BareLineFeed,
+                                      ForbiddenOctet))
             if isinstance(event, Command) and event.verb == "DATA":
                 conn.start_data()
         assert conn.buffered <= len(raw) + 1

@@ -122,10 +122,24 @@ async def test_client_converts_for_a_server_without_8bitmime(nursery):
 async def test_client_sends_8bit_as_is_with_8bitmime(nursery):
     peer = await start_peer(nursery, Peer(replies={"EHLO": ehlo("8BITMIME")}))
     client = await SmtpClient.connect("127.0.0.1", peer.port, timeout=5)
-    await client.send("a@l.test", ["b@r.test"], MULTIPART)
+    eight_bit = MULTIPART.replace(b"\x00", b"")
+    await client.send("a@l.test", ["b@r.test"], eight_bit)
     await client.quit()
     assert b"MAIL FROM:<a@l.test> BODY=8BITMIME" in peer.received
-    assert b"DATA:" + MULTIPART in peer.received
+    assert b"DATA:" + eight_bit in peer.received
+
+
+async def test_binary_part_with_a_nul_is_base64_even_with_8bitmime(nursery):
+    """A NUL may not cross SMTP (RFC 5321 §4.1.1.4; 8BITMIME does not allow it either):
+    the 8-bit parts are re-encoded, so the binary part arrives whole, in base64."""
+    peer = await start_peer(nursery, Peer(replies={"EHLO": ehlo("8BITMIME")}))
+    client = await SmtpClient.connect("127.0.0.1", peer.port, timeout=5, helo_name="out.test")
+    await client.send("a@l.test", ["b@r.test"], MULTIPART)
+    await client.quit()
+    [data] = [r[5:] for r in peer.received if r.startswith(b"DATA:")]
+    assert b"\x00" not in data and data == to_seven_bit(MULTIPART, by="out.test")
+    binary = [p for p in parts(data) if p.get_content_type() == "application/octet-stream"]
+    assert binary[0].get_content() == b"\x00\xff\xfe\x80binary"
 
 
 async def test_8bit_subject_downgraded_without_smtputf8(chainmail):

@@ -139,3 +139,17 @@ class FailForRecipient(GenericMailet):
     def service(self, mail):
         if any(r.lower() == self.recipient for r in mail.recipients):
             raise MailetError(f"refusing mail for {self.recipient}")
+
+
+class DecodeOctetNames(GenericMailet):
+    """Rewrites the content, turning the names ``<CR>``, ``<LF>`` and ``<NUL>`` into those
+    octets: a mailet that writes bare line ends, as a careless one might (the servers refuse
+    them from clients, so this is how they reach the writers in the tests)."""
+
+    NAMES = {b"<CR>": b"\r", b"<LF>": b"\n", b"<NUL>": b"\x00"}
+
+    def service(self, mail):
+        content = mail.content
+        for name, octet in self.NAMES.items():
+            content = content.replace(name, octet)
+        mail.set_content(content)
