@@ -24,8 +24,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## bench: chainmail beside aiosmtpd and Postfix's smtp-sink, driven by smtp-source
+## bench: chainmail (spool only, and the whole pipeline) beside aiosmtpd, Haraka, Postfix as an MTA
+##        and smtp-sink, driven by smtp-source; installs Haraka with npm first if it is missing
 bench: $(STAMP)
+	bench/peers/haraka.sh --check >/dev/null || bench/peers/haraka.sh --install \
+		|| echo "Haraka could not be installed: the haraka peers will be skipped"
 	$(BIN)/python bench/run.py
 
 check-config: $(STAMP)

@@ -129,10 +129,66 @@ def _contexts(config, domains, spool, users=None, rrt=None):
 
 
 def _run(conf: str, var: str, grace_period: float) -> int:
+    """One process, or a supervisor and ``ioWorkerCount`` worker processes."""
+    from .server import workers
+    config = _load(conf)
+    servers = [s for s in (*config.smtp_servers, *config.lmtp_servers) if s.enabled]
+    if not servers:
+        print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
+        return 2
+    _recover_spool(var)
+    count = workers.worker_count(servers)
+    if count == 1:
+        return _serve(conf, var, config, grace_period)
+    try:
+        bound, holders = workers.bind_addresses(servers)
+    except OSError as exc:
+        print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for address in bound:
+        cfg = servers[address.block]
+        host, port = address.sockaddr[:2]
+        log.info("%sserver %r listening on %s", cfg.kind, cfg.name,
+                 f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    from .server.limits import SharedTable
+    os.makedirs(os.path.join(var, "run"), mode=0o700, exist_ok=True)
+    limits_path = os.path.join(var, "run", "connections")
+    SharedTable(limits_path, len(servers), count, create=True).close()
+    log.info("starting %d worker processes (ioWorkerCount)", count)
+    try:
+        return workers.supervise(
+            count,
+            lambda index, ready_fd: _serve(conf, var, config, grace_period, worker=index,
+                                           ready_fd=ready_fd, bound=bound,
+                                           limits=(limits_path, count)),
+            on_worker_exit=lambda index: _clear_worker(limits_path, len(servers), count, index))
+    finally:
+        for sock in holders:
+            sock.close()
+
+
+def _recover_spool(var: str) -> None:
+    """Once, before any server or worker starts: clean up after an interrupted run."""
+    import trio
+    spool = _spool(var)
+    removed = spool.recover()
+    trio.run(spool.aclose)
+    if removed:
+        log.info("removed %d incomplete message(s) left in the spool by an interrupted run", removed)
+
+
+def _clear_worker(path: str, blocks: int, count: int, index: int) -> None:
+    from .server.limits import clear_worker
+    clear_worker(path, blocks, count, index)
+
+
+def _serve(conf: str, var: str, config, grace_period: float, *, worker: int | None = None,
+           ready_fd: int | None = None, bound=None, limits=None) -> int:
+    """Build the stores, servers and container of one process and serve until stopped.
+    ``worker`` is the worker's index when several worker processes serve the blocks."""
     import trio
 
     from .server.app import run_servers
-    config = _load(conf)
     domains = _domains(var, config)
     domains.seed(config.domainlist.domains)
     from .store.rrt import RecipientRewriteTable
@@ -141,33 +197,46 @@ def _run(conf: str, var: str, grace_period: float) -> int:
     users = UsersRepository(db, domains=domains)
     rrt = RecipientRewriteTable(db)
     spool = _spool(var)
-    removed = spool.recover()
-    if removed:
-        log.info("removed %d incomplete message(s) left in the spool by an interrupted run", removed)
-    contexts = _contexts(config, domains, spool, users, rrt)
-    if not contexts:
-        print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
+    spool.shared = worker is not None   # other workers take messages too: claims check again
+    try:
+        contexts = _contexts(config, domains, spool, users, rrt)
+        container = _container(conf, var, config, spool, domains, users, rrt)
+        if container is None:
+            _require_container(contexts, conf)
+    except ConfigError as err:
+        print(f"chainmail: configuration error: {err}", file=sys.stderr)
         return 2
-    container = _container(conf, var, config, spool, domains, users, rrt)
-    if container is None:
-        _require_container(contexts, conf)
     if container is not None:
         mailboxes = container.mailboxes
     else:
         from .store.mailbox import MaildirStore
         mailboxes = MaildirStore(os.path.join(var, "mail"), db)
-    for ctx in contexts:
+    table = None
+    if limits is not None:
+        from .server.limits import SharedLimits, SharedTable
+        table = SharedTable(limits[0], len(contexts), limits[1])
+    for block, ctx in enumerate(contexts):
         ctx.mailboxes = mailboxes  # LMTP delivers into these directly
         ctx.mailet_engine = container.engine if container is not None else None
         c = ctx.config
-        log.info("%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
-                 "maxExecutorCount %s (one process; worker processes are not used yet)",
-                 c.kind, c.name, ctx.hostname, c.io_worker_count, c.boss_worker_count,
-                 c.max_executor_count)
+        if table is not None:
+            ctx.limits = SharedLimits(table, block, worker, c.connection_limit,
+                                      c.connection_limit_per_ip)
+        if worker in (None, 0):
+            log.info("%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
+                     "maxExecutorCount %s", c.kind, c.name, ctx.hostname, c.io_worker_count,
+                     c.boss_worker_count, c.max_executor_count)
+    services = container.services if container is not None and worker in (None, 0) else ()
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"r")
+            os.close(ready_fd)
     try:
         trio.run(lambda: run_servers(contexts, grace_period=grace_period, spool=spool,
                                      spooler=container.spooler if container else None,
-                                     services=container.services if container else ()))
+                                     services=services, bound=bound, worker=worker,
+                                     on_ready=ready))
     except OSError as exc:
         print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -179,6 +248,8 @@ def _run(conf: str, var: str, grace_period: float) -> int:
         users.close()
         rrt.close()
         domains.close()
+        if table is not None:
+            table.close()
     return 0
 
 
@@ -220,6 +291,10 @@ def _check_config(conf: str, var: str) -> int:
     from .chain import build_chain
     config = _load(conf)
     print(f"# configuration directory {conf}")
+    from .server.workers import worker_count
+    count = worker_count((*config.smtp_servers, *config.lmtp_servers))
+    print(f"worker processes = {count} (ioWorkerCount, the largest of the enabled blocks; "
+          f"{'one process, no supervisor' if count == 1 else 'a supervisor and its workers'})")
     dl = config.domainlist
     print(f"domainlist: domains={', '.join(dl.domains) or '(none)'} defaultDomain={dl.default_domain} "
           f"autodetect={str(dl.autodetect).lower()} autodetectIP={str(dl.autodetect_ip).lower()}")

@@ -2,6 +2,7 @@
 
     python aiosmtpd_peer.py --port PORT --mode discard
     python aiosmtpd_peer.py --port PORT --mode maildir --maildir DIR
+        [--lmtp] [--tls-cert CERT --tls-key KEY]
 
 discard: handle_DATA answers 250 and drops the message.
 maildir: handle_DATA writes the message to DIR/tmp/, fsyncs it, renames it into DIR/new/, fsyncs
@@ -9,6 +10,8 @@ maildir: handle_DATA writes the message to DIR/tmp/, fsyncs it, renames it into 
 
 `hostname=` is passed explicitly: without it aiosmtpd calls socket.getfqdn() (a DNS query) on every
 connection. `data_size_limit=None` lifts aiosmtpd's 32 MiB default so the 50 MB cell is accepted.
+--lmtp speaks LMTP (aiosmtpd.lmtp.LMTP: LHLO; one reply after DATA, which is right for the
+benchmark's one-recipient LMTP cell). --tls-cert/--tls-key offer STARTTLS with that certificate.
 
 On SIGUSR1 the peer writes "<seq> <messages accepted>" to --count-file (tmp + rename), so the
 harness can check the number of accepted messages against what smtp-source sent.
@@ -19,8 +22,10 @@ import asyncio
 import itertools
 import os
 import signal
+import ssl
 import time
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 
@@ -76,6 +81,9 @@ async def main():
     ap.add_argument("--mode", choices=("discard", "maildir"), required=True)
     ap.add_argument("--maildir")
     ap.add_argument("--count-file")
+    ap.add_argument("--lmtp", action="store_true")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
 
     if args.mode == "maildir":
@@ -85,9 +93,16 @@ async def main():
     else:
         handler = DiscardHandler()
 
+    kw = {}
+    if args.tls_cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        kw["tls_context"] = ctx
+    cls = LMTP if args.lmtp else SMTP
+
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="bench.test", data_size_limit=None),
+        lambda: cls(handler, hostname="bench.test", data_size_limit=None, **kw),
         host=args.host,
         port=args.port,
         backlog=1024,

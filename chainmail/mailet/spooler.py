@@ -13,7 +13,9 @@ A mail leaves the spool only once processing has durably handed it on:
 2. mail the mailets sent (bounces, forwards, ``send_mail`` to another state) is committed to
    the spool as new entries;
 3. only then is the original removed (shielded from cancellation, so that a shutdown does
-   not stop between 2 and 3).
+   not stop between 2 and 3).  The removal record needs no fdatasync of its own: it
+   becomes durable with the next commit's, or within ``REMOVAL_DELAY`` (and at stop);
+   a crash before that processes the mail again, as below.
 
 If the process dies anywhere before 3, the mail is still in the spool and is processed
 again from its spooled state at the next start: delivery is **at least once** (a recipient
@@ -47,6 +49,7 @@ log = logging.getLogger("chainmail.spooler")
 MAX_ATTEMPTS = 5
 POLL_INTERVAL = 0.15
 MAX_FRESH = 10000   # ids kept between two dispatches; past this, list the spool instead
+REMOVAL_DELAY = 0.05   # seconds a processed mail's removal may wait for a commit to share its sync
 
 
 class MailSpooler:
@@ -67,6 +70,7 @@ class MailSpooler:
         self.broken: set[str] = set()
         self.processed = 0                     # mails handed on (for logs and tests)
         self._wake = trio.Event()
+        self._removals = trio.Event()   # set when a removal waits for the flusher
         self._fresh: list[str] = []   # committed by this process since the last dispatch
         self._next_scan = -math.inf   # trio.current_time() of the next full listing
         self._stopping = False
@@ -84,9 +88,15 @@ class MailSpooler:
             return await fn(*args)
         return await self.context.run_blocking(fn, *args)
 
-    async def _remove(self, msg_id: str) -> None:
+    async def _remove(self, msg_id: str, *, durable: bool = True) -> None:
         try:
-            if hasattr(self.spool, "aremove"):   # group-committed removal, for trio callers
+            if hasattr(self.spool, "sync_removals") and not durable:
+                # What the mail became is durable already: its removal is made durable by
+                # the next commit or by the removal flusher (a crash before: processed
+                # again, at least once).
+                await self.spool.aremove(msg_id, durable=False)
+                self._removals.set()
+            elif hasattr(self.spool, "aremove"):   # group-committed removal, for trio callers
                 await self.spool.aremove(msg_id)
             else:
                 await self._spool_call("remove", msg_id)
@@ -130,14 +140,20 @@ class MailSpooler:
                     for n in range(self.threads):
                         nursery.start_soon(self._worker, receive.clone(), name=f"spool-worker-{n}")
                 nursery.start_soon(self._dispatch, send, name="spool-dispatcher")
+                if hasattr(self.spool, "sync_removals"):
+                    nursery.start_soon(self._flush_removals, name="spool-removal-flusher")
                 task_status.started()
         finally:
+            if getattr(self.spool, "removals_pending", False):
+                with trio.CancelScope(shield=True):
+                    await self.spool.sync_removals()
             self._stopped.set()
 
     async def stop(self) -> None:
         """Stop taking mail; return once the workers have finished the mail they hold."""
         self._stopping = True
         self._wake.set()
+        self._removals.set()
         await self._stopped.wait()
 
     async def _dispatch(self, send: trio.MemorySendChannel[str]) -> None:
@@ -173,6 +189,16 @@ class MailSpooler:
                 with trio.move_on_at(self._next_scan):
                     await self._wake.wait()
 
+    async def _flush_removals(self) -> None:
+        """Removals become durable within REMOVAL_DELAY, when no commit covered them."""
+        while not self._stopping:
+            await self._removals.wait()
+            if self._stopping:
+                break   # run() makes the last ones durable
+            self._removals = trio.Event()
+            await trio.sleep(REMOVAL_DELAY)
+            await self.spool.sync_removals()
+
     async def _worker(self, receive: trio.MemoryReceiveChannel[str]) -> None:
         async with receive:
             async for msg_id in receive:
@@ -188,10 +214,27 @@ class MailSpooler:
     # -- one mail
 
     async def process(self, msg_id: str) -> bool:
-        """Process the spooled mail ``msg_id``; True if it left the spool."""
-        from chainmail.store.spool import SpoolFormatError
+        """Process the spooled mail ``msg_id``; True if it left the spool.  Where the spool
+        is shared by worker processes, only under its claim: one process at a time."""
+        claim = None
+        if hasattr(self.spool, "claim"):
+            claim = self.spool.claim(msg_id)
+            if claim is None:
+                return False   # another process has it, or has finished it
         try:
-            queued = await self._spool_call("get", msg_id)
+            return await self._process(msg_id)
+        finally:
+            if claim is not None:
+                claim.release()
+
+    async def _process(self, msg_id: str) -> bool:
+        from chainmail.store.spool import SpoolFormatError
+        small = None
+        try:
+            read_small = getattr(self.spool, "read_small", None)
+            if read_small is not None:
+                small = read_small(msg_id)   # most mail: from the page cache, no thread hop
+            queued = small[0] if small is not None else await self._spool_call("get", msg_id)
         except KeyError:
             return False  # taken meanwhile (removed after our listing)
         except SpoolFormatError as exc:
@@ -204,7 +247,8 @@ class MailSpooler:
             self.deferred[msg_id] = float(retry_at)
             return False
         try:
-            content = await self.context.run_blocking(self._read_body, msg_id)
+            content = small[1] if small is not None else \
+                await self.context.run_blocking(self._read_body, msg_id)
         except KeyError:
             return False
         mail = mail_from_queued(queued, content)
@@ -214,7 +258,7 @@ class MailSpooler:
             with trio.CancelScope(shield=True):
                 for out in result.outputs:
                     await self.context.commit(out)
-                await self._remove(msg_id)
+                await self._remove(msg_id, durable=False)
         except Exception as exc:
             await self._failed(queued, content, exc)
             return True

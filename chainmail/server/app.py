@@ -57,13 +57,18 @@ def make_context(server_config, *, domains, spool, users=None, rrt=None) -> Serv
 
 async def run_servers(contexts: list[ServerContext], *, grace_period: float = DEFAULT_GRACE_PERIOD,
                       task_status=trio.TASK_STATUS_IGNORED, stop_event: trio.Event | None = None,
-                      spool=None, spooler=None, services=()) -> None:
+                      spool=None, spooler=None, services=(), bound=None, worker: int | None = None,
+                      on_ready=None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop_event``): then stop accepting, end idle sessions
     with 421, let transactions in flight finish within ``grace_period``, and return.
 
     ``services`` are background tasks of the mailet container (objects with ``async
     run(task_status)``, such as RemoteDelivery's delivery loop): started before the
-    listeners open, cancelled after the sessions and the spooler have finished."""
+    listeners open, cancelled after the sessions and the spooler have finished.
+
+    In a worker process (``worker``: its index), ``bound`` lists the addresses the
+    supervisor bound (``workers.BoundAddress``): this process listens on each with
+    ``SO_REUSEPORT``; ``on_ready`` is called once they are open."""
     stop_event = stop_event or trio.Event()
     async with AsyncExitStack() as stack:
         if any(ctx.chain.needs_asyncio for ctx in contexts):
@@ -85,8 +90,15 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
             async with trio.open_nursery() as connections:
                 accept_scope = trio.CancelScope()
                 all_listeners = []
-                for ctx in contexts:
-                    all_listeners.append((ctx, await open_listeners(ctx)))
+                for block, ctx in enumerate(contexts):
+                    if bound is None:
+                        all_listeners.append((ctx, await open_listeners(ctx)))
+                        continue
+                    from .workers import listen_on
+                    mine = [a for a in bound if a.block == block]
+                    ctx.bound.extend(a.sockaddr[:2] for a in mine)
+                    all_listeners.append(
+                        (ctx, [listen_on(a, ctx.config.connection_backlog) for a in mine]))
                 outer.start_soon(_watch_signals, stop_event, contexts)
                 await outer.start(sweep_idle_sessions, contexts)
 
@@ -98,7 +110,12 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                                     acceptors.start_soon(serve_listener, ctx, listener,
                                                          connections)
                 connections.start_soon(accept_all)
-                log.info("chainmail ready (pid %d)", os.getpid())
+                if worker is None:
+                    log.info("chainmail ready (pid %d)", os.getpid())
+                else:
+                    log.info("worker %d ready (pid %d)", worker, os.getpid())
+                if on_ready is not None:
+                    on_ready()
                 task_status.started([ctx.bound for ctx in contexts])
                 await stop_event.wait()
                 log.info("shutting down: no new connections; %d sessions open",

@@ -139,16 +139,15 @@ async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=N
         return
     cfg = ctx.config
     implicit_tls = ctx.tls is not None and cfg.tls.socket_tls
-    if ctx.draining or (cfg.connection_limit and ctx.active >= cfg.connection_limit):
+    if ctx.draining or not ctx.limits.admit():
         reply = R.shutting_down(ctx.hostname) if ctx.draining else R.too_many_connections(ctx.hostname)
         await _refuse(stream, None if implicit_tls else reply, remote)
         return
-    ctx.active += 1
     ctx.load.sessions += 1
     try:
         await _serve_counted(ctx, stream, remote, local, implicit_tls, plain)
     finally:
-        ctx.active -= 1
+        ctx.limits.release()
         ctx.load.sessions -= 1
 
 
@@ -202,12 +201,11 @@ async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool, plain) 
 
 async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, leftover,
                          plain=None) -> None:
-    cfg = ctx.config
     ip = remote[0]
-    if cfg.connection_limit_per_ip and ctx.per_ip[ip] >= cfg.connection_limit_per_ip:
+    limits = ctx.limits
+    if not limits.admit_ip(ip):
         await _refuse(stream, R.too_many_connections_from_ip(ctx.hostname), remote)
         return
-    ctx.per_ip[ip] += 1
     session = Session(ctx, remote, local, lmtp=ctx.lmtp)
     session.tls = tls_info
     session.proxied_from = proxied_from
@@ -219,9 +217,7 @@ async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, lef
         await runner.run()
     finally:
         ctx.sessions.discard(runner)
-        ctx.per_ip[ip] -= 1
-        if not ctx.per_ip[ip]:
-            del ctx.per_ip[ip]
+        limits.release_ip(ip)
 
 
 async def read_proxy_header_exactly(sock) -> ProxyHeader:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import trio
+
+from .limits import LocalLimits
 
 __all__ = ["ServerContext", "ProcessLoad"]
 
@@ -27,8 +28,9 @@ class ProcessLoad:
 class ServerContext:
     """Configuration, stores, the compiled handler chain and the connection counters.
 
-    Counters are plain integers: all connections of a server run on one trio loop, so the
-    global and per-IP limits are exact without locks.
+    ``limits`` counts connections for ``connectionLimit`` and ``connectionLimitPerIP``:
+    plain integers in one process (all its connections share one trio loop), a shared
+    table when several worker processes serve the block (``limits.py``).
     """
 
     def __init__(self, config: Any, *, domains: Any, spool: Any, users: Any = None, rrt: Any = None,
@@ -44,9 +46,8 @@ class ServerContext:
         self.tls: Any = None   # TLSManager when <tls> enables socketTLS or startTLS
         self.mailboxes: Any = None   # the mailbox store (LMTP delivers into it)
         self.mailet_engine: Any = None   # the mailet container's engine, when one is configured
-        self.active = 0
+        self.limits: Any = LocalLimits(config.connection_limit, config.connection_limit_per_ip)
         self.load = ProcessLoad()   # shared by every context of a process (run_servers)
-        self.per_ip: Counter[str] = Counter()
         self.sessions: set[Any] = set()
         self.draining = False
         self.bound: list[tuple[str, int]] = []

@@ -41,6 +41,7 @@ See docs/storage.md.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -113,6 +114,37 @@ PREALLOCATE = 1024 * 1024
 _ZEROS = memoryview(bytes(PREALLOCATE))
 #: open_body() reads segment bodies up to this size at once and checks their CRC.
 _READ_WHOLE = 4 * 1024 * 1024
+
+
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+
+
+def _ofd_lock(fd: int, start: int, length: int) -> bool:
+    """A non-blocking open-file-description write lock on ``length`` bytes at ``start``
+    (0: to the end): per open file, unlike POSIX record locks, so closing another
+    descriptor of the same file in this process does not drop it."""
+    arg = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, arg)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+class Claim:
+    """A message held for processing (see :meth:`DirectorySpool.claim`)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            _close_quietly(fd)
 
 
 class SpoolFormatError(ValueError):
@@ -672,6 +704,11 @@ class DirectorySpool:
         self._current: _Segment | None = None
         #: id -> (segment seq, record offset, meta length, body length)
         self._index: dict[str, tuple[int, int, int, int]] = {}
+        #: other processes process this spool too (worker processes): a claim checks
+        #: again, once locked, that the message is still queued
+        self.shared = False
+        #: removals written with aremove(durable=False) and not yet known durable
+        self._lazy: list[tuple[_Segment, int, int]] = []
         #: removals read before the message they cancel (another writer's race), by segment
         self._removed_early: dict[int, set[str]] = {}
         self._refresh()
@@ -1278,15 +1315,24 @@ class DirectorySpool:
             self._release(seg)
         self._delete_dead(holder)
 
-    async def aremove(self, msg_id: str) -> None:
+    async def aremove(self, msg_id: str, *, durable: bool = True) -> None:
         """:meth:`remove` for trio code: the fdatasync is group-committed with
-        concurrent commits and removals, and no blocking call runs on the event loop."""
+        concurrent commits and removals, and no blocking call runs on the event loop.
+
+        ``durable=False`` returns once the removal record is written: it becomes
+        durable with the next commit's fdatasync, or at :meth:`sync_removals`.  For a
+        consumer whose work is already durable elsewhere (a delivered mail): a crash
+        before then processes the message again (at least once), and the removal
+        costs no fdatasync of its own."""
         self._check_id(msg_id)
         appended = self._append_removal(msg_id)
         if appended is None:
             await trio.to_thread.run_sync(self._remove_file, msg_id, limiter=self._limiter)
             return
         seg, end, holder = appended
+        if not durable:
+            self._lazy.append((seg, end, holder))
+            return
         try:
             with trio.CancelScope(shield=True):
                 await self._wait_durable(seg, end)
@@ -1294,6 +1340,73 @@ class DirectorySpool:
             self._release(seg)
         if self._deletable_head(holder):
             await trio.to_thread.run_sync(self._delete_dead, holder, limiter=self._dir_limiter)
+
+    @property
+    def removals_pending(self) -> bool:
+        """Whether removals made with ``durable=False`` wait for :meth:`sync_removals`."""
+        return bool(self._lazy)
+
+    async def sync_removals(self) -> None:
+        """Make the removals made with ``durable=False`` so far durable (one fdatasync per
+        segment, shared with concurrent commits; none if a commit already covered them)."""
+        pending, self._lazy = self._lazy, []
+        for seg, end, holder in pending:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._wait_durable(seg, end)
+            except OSError as exc:
+                log.warning("could not make removals durable in %s: %s", seg.path, exc)
+            finally:
+                self._release(seg)
+            if self._deletable_head(holder):
+                await trio.to_thread.run_sync(self._delete_dead, holder, limiter=self._dir_limiter)
+
+    def claim(self, msg_id: str) -> "Claim | None":
+        """The exclusive right, among every process sharing this spool, to process
+        ``msg_id`` and remove it: an open-file-description lock on its record (or its
+        file), which the kernel releases if the holder dies.  ``None`` if another process
+        holds it, or the message is gone (checked after the lock is taken, so a message
+        another process has just finished is never taken again).  Release it after the
+        removal."""
+        loc = self._locate(msg_id)
+        if loc is not None:
+            path, start, length = self._segment_path(loc[0]), loc[1], 1
+        else:
+            path, start, length = self._queue_path(msg_id), 0, 0
+        try:
+            fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            if not _ofd_lock(fd, start, length):
+                _close_quietly(fd)
+                return None
+            if self.shared and loc is not None:
+                self._refresh()   # another process may have removed it before our lock
+                if self._index.get(msg_id) != loc:
+                    _close_quietly(fd)
+                    return None
+            elif loc is None and not os.path.exists(path):
+                _close_quietly(fd)
+                return None
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        return Claim(fd)
+
+    def read_small(self, msg_id: str, limit: int = 256 * 1024) -> tuple[QueuedMessage, bytes] | None:
+        """The queued message and its body, if it is a segment record of at most ``limit``
+        bytes this instance knows (reads from the page cache: cheap enough for the event
+        loop); ``None`` otherwise (read it with :meth:`get` and :meth:`open_body`)."""
+        loc = self._index.get(msg_id)
+        if loc is None or loc[3] > limit:
+            return None
+        try:
+            queued = self._load_record(msg_id, loc)
+            with self.open_body(msg_id) as fh:
+                return queued, fh.read()
+        except (FileNotFoundError, KeyError):
+            return None
 
     def _remove_file(self, msg_id: str) -> None:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import tempfile
 
-import trio
 
 from chainmail.message import IncomingMessage
 from chainmail.protocol.replies import R
@@ -113,14 +112,15 @@ class MailboxDeliverToRecipientHandler:
             names = [users.username_for(address) if users is not None else address.lower()]
         content = message.read()
         from chainmail.store.mailbox import QuotaExceededError
-        try:
-            for name in dict.fromkeys(names):
-                await trio.to_thread.run_sync(mailboxes.deliver, name, content,
-                                              limiter=server.limiter)
-        except QuotaExceededError:
-            return HookResult.reply(R.lmtp_over_quota(address))
-        except OSError as exc:
-            log.error("%s: mailbox write for %s failed: %s", session, address, exc)
-            return HookResult.reply(R.lmtp_store_failure(address))
+        unique = list(dict.fromkeys(names))
+        # One group with every other session's deliveries: their directory fsyncs are shared.
+        results = await mailboxes.adeliver_many([(name, content) for name in unique],
+                                                limiter=server.limiter)
+        for result in results:
+            if isinstance(result, QuotaExceededError):
+                return HookResult.reply(R.lmtp_over_quota(address))
+            if isinstance(result, Exception):
+                log.error("%s: mailbox write for %s failed: %s", session, address, result)
+                return HookResult.reply(R.lmtp_store_failure(address))
         log.info("%s: delivered to %s", session, ", ".join(dict.fromkeys(names)))
         return HookResult.ok()

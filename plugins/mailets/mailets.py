@@ -153,22 +153,26 @@ class LocalDelivery(GenericMailet):
         if mailboxes is None:
             raise RuntimeError("no mailbox store configured")
         failed: dict[str, list[str]] = {}
+        targets: list[tuple[str, str]] = []   # (recipient, username)
         for rcpt in mail.recipients:
             username = users.username_for(rcpt) if users is not None else rcpt.lower()
             if users is not None and not users.contains(username):
                 failed.setdefault(f"550 5.1.1 Unknown user: <{rcpt}>", []).append(rcpt)
                 continue
-            top = (f"Return-Path: <{mail.sender}>\r\nDelivered-To: {rcpt}\r\n").encode(
-                "utf-8", "surrogateescape")
-            try:
-                key = await context.run_blocking(mailboxes.deliver, username, top + mail.content)
-            except QuotaExceededError as exc:
-                failed.setdefault(str(exc), []).append(rcpt)
-                continue
-            except OSError as exc:
-                failed.setdefault(f"451 4.3.0 Mailbox write failed: {exc}", []).append(rcpt)
-                continue
-            log.info("%s: delivered to <%s> (mailbox %s, %s)", mail.name, rcpt, username, key)
+            targets.append((rcpt, username))
+        # Every recipient in one delivery group (shared with concurrent mails): fifty
+        # recipients cost one sync round, not fifty.
+        content = mail.content   # shared by every item: no copy per recipient
+        items = [(username, content, f"Return-Path: <{mail.sender}>\r\nDelivered-To: {rcpt}\r\n"
+                  .encode("utf-8", "surrogateescape")) for rcpt, username in targets]
+        results = await mailboxes.adeliver_many(items, limiter=context.limiter) if items else []
+        for (rcpt, username), result in zip(targets, results):
+            if isinstance(result, QuotaExceededError):
+                failed.setdefault(str(result), []).append(rcpt)
+            elif isinstance(result, Exception):
+                failed.setdefault(f"451 4.3.0 Mailbox write failed: {result}", []).append(rcpt)
+            else:
+                log.info("%s: delivered to <%s> (mailbox %s, %s)", mail.name, rcpt, username, result)
         for reason, rcpts in failed.items():
             copy = mail.duplicate(rcpts)
             copy.error_message = reason

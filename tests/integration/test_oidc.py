@@ -175,13 +175,14 @@ def oidc_block(idp_url: str, *, discovery: str | None = None, jwks: str | None =
 
 
 def start_server(base, material: Material, oidc: str, *, extra_auth: str = "",
-                 identity: str = "true") -> ChainmailProcess:
+                 identity: str = "true", options: str = "") -> ChainmailProcess:
     """A STARTTLS submission server (AUTH announced always, requireSSL, strict identity)."""
     conf, var = base / "conf", base / "var"
     conf.mkdir(parents=True)
     block = smtpserver_xml(tls_block(material.keystore("ks.p12", "mx.test")) +
                            f"<auth><announce>always</announce>{extra_auth}{oidc}</auth>"
-                           f"<verifyIdentity>{identity}</verifyIdentity>", core=CORE, authorized="")
+                           f"<verifyIdentity>{identity}</verifyIdentity>{options}", core=CORE,
+                           authorized="")
     (conf / "smtpserver.xml").write_text(f"<smtpservers>\n{block}\n</smtpservers>\n")
     (conf / "domainlist.xml").write_text(
         "<domainlist><domainnames><domainname>local.test</domainname></domainnames>"
@@ -444,7 +445,8 @@ def test_malformed_payloads_abort_and_failure_limit(jwks_server, keys):
 def test_key_rotation_and_refetch_floor(idp, servers):
     old, new = rsa("2024-old"), rsa("2025-new")
     idp.keys = [old]
-    server = servers(oidc_block(idp.url))
+    # The floor holds per worker process (each has its own key cache): counted with one.
+    server = servers(oidc_block(idp.url), options="<ioWorkerCount>1</ioWorkerCount>")
     assert auth(server, "XOAUTH2", xoauth2("alice@local.test", mint(old))) == [AUTH_OK]
     first_fetch = time.monotonic()
     assert idp.hits["/jwks"] == 1
