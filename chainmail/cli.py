@@ -10,12 +10,28 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from . import cli_accounts, cli_queue
 from .config import load_config
 from .config.errors import ConfigError
 
 log = logging.getLogger("chainmail")
+
+
+class _LogFormatter(logging.Formatter):
+    """The standard format, with the date formatted once a second instead of per line (a
+    busy server writes a few lines per message)."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        return f"{self._text},{int(record.msecs):03d}"
 
 
 def _common() -> argparse.ArgumentParser:
@@ -75,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     conf = os.path.abspath(getattr(args, "conf", "conf"))
     var = os.path.abspath(getattr(args, "var", "var"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         if args.command == "run":
             return _run(conf, var, args.grace_period)

@@ -118,7 +118,7 @@ class Mail:
 
     __slots__ = ("name", "sender", "recipients", "state", "attributes", "error_message",
                  "mail_params", "rcpt_params", "queued_at", "error_count", "hops",
-                 "_content", "_message", "trace")
+                 "_content", "_message", "_field_cache", "trace")
 
     def __init__(self, name: str | None, sender: str, recipients: Iterable[str], content: bytes,
                  *, state: str = ROOT, attributes: Mapping[str, Any] | None = None,
@@ -140,6 +140,7 @@ class Mail:
         self.hops = hops
         self._content = bytes(content)
         self._message = None
+        self._field_cache: list[tuple[str, bytes]] | None = None   # parsed once per content
         self.trace: list[str] = []  # processors visited (for logs and tests; not persisted)
 
     # -- envelope
@@ -175,6 +176,7 @@ class Mail:
     def set_content(self, content: bytes) -> None:
         self._content = bytes(content)
         self._message = None
+        self._field_cache: list[tuple[str, bytes]] | None = None   # parsed once per content
 
     @property
     def size(self) -> int:
@@ -201,10 +203,18 @@ class Mail:
         head = self.head
         return b"\n" if head and b"\r\n" not in head and b"\n" in head else b"\r\n"
 
+    def _field_list(self) -> list[tuple[str, bytes]]:
+        """``(lower-cased name, raw field)`` of every header field, parsed once per content
+        (matchers and mailets ask for headers many times per mail)."""
+        fields = self._field_cache
+        if fields is None:
+            fields = self._field_cache = [(_field_name(raw), raw) for raw in _fields(self.head)]
+        return fields
+
     def header_fields(self) -> list[tuple[str, str]]:
         """Every header field as ``(name, unfolded value)``, in order (names as written)."""
         out = []
-        for raw in _fields(self.head):
+        for _, raw in self._field_list():
             name = raw.split(b":", 1)[0].strip().decode("ascii", "replace")
             out.append((name, _field_value(raw)))
         return out
@@ -212,7 +222,7 @@ class Mail:
     def get_headers(self, name: str) -> list[str]:
         """The unfolded values of every ``name`` field (case-insensitive), raw (not decoded)."""
         key = name.lower()
-        return [_field_value(raw) for raw in _fields(self.head) if _field_name(raw) == key]
+        return [_field_value(raw) for lname, raw in self._field_list() if lname == key]
 
     def get_header(self, name: str, default: str | None = None) -> str | None:
         values = self.get_headers(name)
@@ -220,7 +230,7 @@ class Mail:
 
     def has_header(self, name: str) -> bool:
         key = name.lower()
-        return any(_field_name(raw) == key for raw in _fields(self.head))
+        return any(lname == key for lname, _ in self._field_list())
 
     def _rebuild(self, fields: list[bytes]) -> None:
         content = self._content

@@ -161,17 +161,25 @@ class MailSpooler:
             while not self._stopping:
                 self._wake = trio.Event()
                 if trio.current_time() >= self._next_scan:
+                    mine = set(self._fresh)   # committed here: taken at once, however young
                     self._fresh.clear()
                     self._next_scan = trio.current_time() + self.poll_interval
+                    listed = True
                     try:
                         ids = await self._spool_call("ids")
                     except OSError as exc:
                         log.error("cannot list the spool: %s", exc)
                         ids = []
                 else:   # only what was committed meanwhile (a listener may repeat an id)
+                    listed = False
                     ids = list(dict.fromkeys(self._fresh))
                     self._fresh.clear()
                 now = time.time()
+                if listed and getattr(self.spool, "shared", False):
+                    # Other workers take their own fresh mail at once; from a listing, only
+                    # what nobody took within ADOPT_AFTER (a worker that died, an old run).
+                    from chainmail.store.spool import ADOPT_AFTER, message_age
+                    ids = [i for i in ids if i in mine or message_age(i) >= ADOPT_AFTER]
                 for msg_id in ids:
                     if self._stopping:
                         break

@@ -117,6 +117,18 @@ _READ_WHOLE = 4 * 1024 * 1024
 
 
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+#: seconds: processes sharing a spool take another's message from a listing only once it is
+#: this old (by its id); the process that committed it takes it at once
+ADOPT_AFTER = 2.0
+
+
+def message_age(msg_id: str) -> float:
+    """Seconds since the message began to arrive (its id's time)."""
+    try:
+        return time.time() - int(msg_id[:12], 16) / 1000
+    except ValueError:
+        return float("inf")
+
 
 
 def _ofd_lock(fd: int, start: int, length: int) -> bool:
@@ -1381,8 +1393,10 @@ class DirectorySpool:
             if not _ofd_lock(fd, start, length):
                 _close_quietly(fd)
                 return None
-            if self.shared and loc is not None:
-                self._refresh()   # another process may have removed it before our lock
+            if self.shared and loc is not None and message_age(msg_id) >= ADOPT_AFTER / 2:
+                # Another process may have taken and removed it before our lock (workers
+                # adopt only messages at least ADOPT_AFTER old, so a younger one is ours).
+                self._refresh()
                 if self._index.get(msg_id) != loc:
                     _close_quietly(fd)
                     return None
