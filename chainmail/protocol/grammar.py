@@ -125,20 +125,8 @@ def _split_path(rest: str, brackets_required: bool) -> tuple[str, str]:
     """Split ``<path> params`` into the path's inside and the parameter text, honouring
     quoted local parts (which may contain ``>`` and spaces)."""
     if rest.startswith("<"):
-        i, n, quoted = 1, len(rest), False
-        while i < n:
-            c = rest[i]
-            if quoted:
-                if c == "\\":
-                    i += 1
-                elif c == '"':
-                    quoted = False
-            elif c == '"':
-                quoted = True
-            elif c == ">":
-                break
-            i += 1
-        if i >= n:
+        i = rest.find(">") if '"' not in rest else _closing_bracket(rest)
+        if i < 0:
             raise GrammarError("brackets", "unterminated path")
         inner, params = rest[1:i], rest[i + 1:]
         if params and not params.startswith(" "):
@@ -148,6 +136,25 @@ def _split_path(rest: str, brackets_required: bool) -> tuple[str, str]:
         raise GrammarError("brackets", "path must be enclosed in <>")
     path, _, params = rest.partition(" ")
     return path, params.strip(" ")
+
+
+def _closing_bracket(rest: str) -> int:
+    """The ``>`` that closes a path holding a quoted local part (which may contain ``>``),
+    or -1."""
+    i, n, quoted = 1, len(rest), False
+    while i < n:
+        c = rest[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == ">":
+            return i
+        i += 1
+    return -1
 
 
 def _strip_source_route(inner: str) -> str:

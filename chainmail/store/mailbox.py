@@ -168,7 +168,7 @@ class MaildirStore(MailboxStore):
         host = hostname or socket.gethostname() or "localhost"
         # Maildir: "/" and ":" in the host name are replaced.
         self.hostname = host.replace("/", r"\057").replace(":", r"\072")
-        self._ready: set[str] = set()      # Maildirs known to exist (tmp/ seen)
+        self._ready: dict[str, str] = {}   # user -> Maildir path, known to exist
         #: groups are made durable with syncfs(2) (Linux 5.8 and later: earlier kernels
         #: do not report write errors through it), else file by file
         self.root_syncs = _syncfs is not None
@@ -199,7 +199,7 @@ class MaildirStore(MailboxStore):
         (an IMAP server, ``mailbox.Maildir``) never sees it without its three folders."""
         path = self.path_for(username)
         if os.path.isdir(os.path.join(path, "tmp")):
-            self._ready.add(username.strip().lower())
+            self._ready[username.strip().lower()] = path
             return path
         _makedirs_durable(self.root)
         staging = os.path.join(self.root, f".new-{os.getpid()}-{os.urandom(6).hex()}")
@@ -232,8 +232,9 @@ class MaildirStore(MailboxStore):
         now = time.time()
         sec = int(now)
         usec = int((now - sec) * 1_000_000)
-        rand = os.urandom(8).hex()
-        return (f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{rand}.{self.hostname},S={size}")
+        # P<pid>Q<counter> is unique on this host; R<random> (drawn once per process, so a
+        # reused pid after a restart differs too) keeps names apart across hosts.
+        return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{_process_random()}.{self.hostname},S={size}"
 
     # -- delivery
 
@@ -337,7 +338,7 @@ class MaildirStore(MailboxStore):
                 quotas: dict[str, int]) -> tuple[int, int, str, str, str]:
         """Write one delivery to ``tmp/`` (not yet synced), after the quota check."""
         user = username.strip().lower()
-        path = self.path_for(user) if user in self._ready else self.ensure(user)
+        path = self._ready.get(user) or self.ensure(user)
         size = len(head) + len(body)
         name = self._unique_name(size)
         tmp = os.path.join(path, "tmp", name)
@@ -348,7 +349,7 @@ class MaildirStore(MailboxStore):
             else:
                 fd = self._create_within_quota(user, path, tmp, size, quota)
         except FileNotFoundError:   # the Maildir was removed behind our back: made again next time
-            self._ready.discard(user)
+            self._ready.pop(user, None)
             raise
         entry = (index, fd, tmp, path, name)
         try:
@@ -509,6 +510,17 @@ class MaildirStore(MailboxStore):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+_random = {"pid": 0, "value": ""}
+
+
+def _process_random() -> str:
+    """16 hex digits drawn once per process (a forked worker draws its own)."""
+    pid = os.getpid()
+    if _random["pid"] != pid:
+        _random["pid"], _random["value"] = pid, os.urandom(8).hex()
+    return _random["value"]
 
 
 def _find_syncfs():

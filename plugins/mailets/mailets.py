@@ -166,13 +166,16 @@ class LocalDelivery(GenericMailet):
         items = [(username, content, f"Return-Path: <{mail.sender}>\r\nDelivered-To: {rcpt}\r\n"
                   .encode("utf-8", "surrogateescape")) for rcpt, username in targets]
         results = await mailboxes.adeliver_many(items, limiter=context.limiter) if items else []
+        delivered = []
         for (rcpt, username), result in zip(targets, results):
             if isinstance(result, QuotaExceededError):
                 failed.setdefault(str(result), []).append(rcpt)
             elif isinstance(result, Exception):
                 failed.setdefault(f"451 4.3.0 Mailbox write failed: {result}", []).append(rcpt)
             else:
-                log.info("%s: delivered to <%s> (mailbox %s, %s)", mail.name, rcpt, username, result)
+                delivered.append(f"<{rcpt}>" if rcpt.lower() == username else f"<{rcpt}> ({username})")
+        if delivered:   # one line per mail, however many recipients
+            log.info("%s: delivered to %s", mail.name, ", ".join(delivered))
         for reason, rcpts in failed.items():
             copy = mail.duplicate(rcpts)
             copy.error_message = reason
