@@ -4,11 +4,13 @@ Reads are large (64 KiB); every complete command in a read is handled before any
 sent, and the replies of a pipelined batch go out in one write (RFC 2920).  No task is spawned
 per command.
 
-Plain TCP sessions read and write their socket directly, trying the call first and waiting
-in trio's epoll only when it would block: trio's socket methods add a scheduler pass after
-every successful call.  A session yields at least every ``YIELD_EVERY`` calls that did not
-block, so a client that never pauses cannot starve the others.  A lone session busy-polls
-before it waits (:mod:`.busypoll`).
+Sessions read and write their socket directly, trying the call first and waiting in trio's
+epoll only when it would block: trio's socket methods add a scheduler pass after every
+successful call.  TLS sessions do the same through :class:`.tlsio.TLSTransport` (an
+``ssl.SSLObject`` over memory BIOs on the same socket) rather than ``trio.SSLStream``.  A
+session yields at least every ``YIELD_EVERY`` calls that did not block, so a client that
+never pauses cannot starve the others.  A lone session busy-polls before it waits
+(:mod:`.busypoll`).
 
 Idle timeouts cost nothing per read: a session notes when it starts waiting for the client
 (``waiting_since``, only while reading or sending), and one sweeper per process
@@ -24,6 +26,7 @@ import errno
 import logging
 import math
 import socket
+import ssl
 import time
 from functools import partial
 
@@ -35,6 +38,7 @@ from ..protocol.replies import R, Reply
 from ..session import Session, TLSInfo, sni_name
 from ..verdict import Action, to_reply
 from .busypoll import poll_readable
+from .tlsio import TLSTransport
 
 __all__ = ["serve_connection", "serve_listener", "sweep_idle_sessions", "SessionRunner"]
 
@@ -178,9 +182,9 @@ async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool, plain) 
                 if header.source is not None:
                     proxied_from, remote, local = remote, header.source, header.destination
             if implicit_tls:
-                stream = trio.SSLStream(stream, ctx.tls.context, server_side=True, https_compatible=True)
-                await stream.do_handshake()
-                tls_info = tls_info_of(stream)
+                stream = TLSTransport(plain, ctx.tls.context, ctx.load, cfg.busy_poll / 1e6)
+                await stream.handshake()
+                tls_info = tls_info_of(stream.sslobj)
                 if cfg.proxy_required and not cfg.proxy_first:
                     header, leftover = await read_proxy_header_from(stream)
                     if header.source is not None:
@@ -248,11 +252,11 @@ async def _consume(sock, n: int) -> None:
         n -= len(chunk)
 
 
-async def read_proxy_header_from(stream) -> tuple[ProxyHeader, bytes]:
-    """Read a PROXY header from a stream (inside TLS); returns it and the bytes after it."""
+async def read_proxy_header_from(transport: TLSTransport) -> tuple[ProxyHeader, bytes]:
+    """Read a PROXY header from inside TLS; returns it and the bytes after it."""
     buf = b""
     while True:
-        chunk = await stream.receive_some(4096)
+        chunk = await transport.receive()
         if not chunk:
             raise ProxyError("connection closed before the PROXY header")
         buf += chunk
@@ -269,9 +273,11 @@ def new_engine(config) -> engine.Connection:
                              normalize=config.bare_newline == "normalize")
 
 
-def tls_info_of(stream: trio.SSLStream) -> TLSInfo:
-    cipher = stream.cipher()
-    return TLSInfo(protocol=stream.version() or "TLS", cipher=cipher[0] if cipher else "",
+def tls_info_of(tls: ssl.SSLObject) -> TLSInfo:
+    """What the session and the Received: header tell of a finished handshake; the SNI name
+    is the one the context's SNI callback saw in this task."""
+    cipher = tls.cipher()
+    return TLSInfo(protocol=tls.version() or "TLS", cipher=cipher[0] if cipher else "",
                    sni=sni_name.get())
 
 
@@ -301,11 +307,15 @@ class SessionRunner:
 
     def _bind_io(self) -> None:
         """Plain TCP goes straight to the socket, bypassing trio's socket methods and their
-        scheduler pass after every call (stack-probe.md §2); TLS goes through the SSLStream."""
+        scheduler pass after every call (stack-probe.md §2); TLS goes through the
+        :class:`TLSTransport` on that same socket."""
         stream = self.stream
         if type(stream) is trio.SocketStream and self.plain is not None:
             self.receive = self._receive_plain
             self.send_all = self._send_all_plain
+        elif type(stream) is TLSTransport:
+            self.receive = stream.receive
+            self.send_all = stream.send_all
         else:
             self.receive = partial(stream.receive_some, RECEIVE_SIZE)
             self.send_all = stream.send_all
@@ -392,6 +402,8 @@ class SessionRunner:
             if self.scope.cancelled_caught:
                 await self._say_goodbye()
         finally:
+            if type(self.stream) is TLSTransport:
+                self.stream.close()   # close_notify, if the socket takes it at once
             receiver = session.data_receiver
             if receiver is not None:
                 session.data_receiver = None
@@ -524,11 +536,10 @@ class SessionRunner:
             return False
         self.queue(reply)
         await self.flush()
-        tls = trio.SSLStream(self.stream, self.ctx.tls.context, server_side=True,
-                             https_compatible=True)
+        tls = TLSTransport(self.plain, self.ctx.tls.context, self.ctx.load, self.busy_poll)
         self.scope.deadline = trio.current_time() + min(self.timeout, PREAMBLE_TIMEOUT)
         try:
-            await tls.do_handshake()
+            await tls.handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s: TLS handshake failed: %s", session, exc.__cause__ or exc)
             return False
@@ -537,7 +548,7 @@ class SessionRunner:
         self.stream = tls
         self._bind_io()
         self.conn = new_engine(self.ctx.config)
-        session.reset_for_tls(tls_info_of(tls))
+        session.reset_for_tls(tls_info_of(tls.sslobj))
         log.info("%s: TLS started: %s %s", session, session.tls.protocol, session.tls.cipher)
         return True
 

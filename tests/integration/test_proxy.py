@@ -27,7 +27,11 @@ def talk(port: int, preamble: bytes, commands: bytes, source="127.0.0.1", timeou
     with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as s:
         s.sendall(preamble)
         out = b""
-        s.sendall(commands)
+        if commands:   # (the server may already have reset a bad preamble's connection)
+            try:
+                s.sendall(commands)
+            except (BrokenPipeError, ConnectionResetError):
+                return out
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

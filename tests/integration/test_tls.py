@@ -277,3 +277,316 @@ def test_cipher_suite_restriction(chainmail_factory, material):
         s.ehlo("t")
         s.starttls(context=material.client_context())
         assert s.sock.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"   # trustme keys are EC
+
+
+# -- the TLS data path: large, pipelined and many messages; how a TLS session ends ----------
+
+def starttls_socket(server, material, **wrap) -> tuple[ssl.SSLSocket, "object"]:
+    """A raw client after EHLO, STARTTLS and the handshake; returns the TLS socket and a
+    binary reader on it."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    f = raw.makefile("rb")
+    assert f.readline().startswith(b"220 ")
+    raw.sendall(b"EHLO client.test\r\n")
+    while f.readline()[3:4] != b" ":
+        pass
+    raw.sendall(b"STARTTLS\r\n")
+    assert f.readline().startswith(b"220 2.0.0")
+    tls = material.client_context().wrap_socket(raw, server_hostname="mx.test", **wrap)
+    return tls, tls.makefile("rb")
+
+
+def replies(f, count: int) -> list[bytes]:
+    """The last lines of ``count`` replies."""
+    out = []
+    while len(out) < count:
+        line = f.readline()
+        assert line, out
+        if line[3:4] == b" ":
+            out.append(line)
+    return out
+
+
+def test_large_message_over_starttls_arrives_intact(chainmail_factory, material):
+    import hashlib
+    import random
+    rng = random.Random(3207)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 76))) for _ in range(2000)]
+    lines += [".leading dot", "..two dots", "."]       # dot-stuffed by the client
+    body_lines = [lines[rng.randrange(len(lines))] for _ in range(100_000)]   # about 4 MB
+    message = ("Subject: large\r\n\r\n" + "\r\n".join(body_lines) + "\r\n").encode()
+    assert len(message) > 3_500_000
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")))
+    with server.smtp() as s:
+        s.ehlo("client.test")
+        s.starttls(context=material.client_context())
+        s.ehlo("client.test")
+        assert s.sendmail("a@remote.example", ["u@local.test"], message) == {}
+    [msg] = server.queued()
+    stored = server.queued_body(msg.id)
+    assert stored.endswith(message)
+    tail = stored[len(stored) - len(message):]
+    assert hashlib.sha256(tail).digest() == hashlib.sha256(message).digest()
+    assert stored[:len(stored) - len(message)].startswith(b"Received: ")
+
+
+def test_pipelined_commands_in_one_tls_record_after_starttls(chainmail_factory, material):
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")))
+    tls, f = starttls_socket(server, material)
+    with tls:
+        # one sendall of less than 16 KiB: one TLS record
+        tls.sendall(b"EHLO client.test\r\nMAIL FROM:<a@remote.example>\r\n"
+                    b"RCPT TO:<u@local.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\n")
+        got = replies(f, 5)
+        assert got[0].startswith(b"250 ") and got[1].startswith(b"250 2.1.0")
+        assert got[2].startswith(b"250 2.1.5") and got[3].startswith(b"250 2.1.5")
+        assert got[4].startswith(b"354")
+        tls.sendall(b"Subject: pipelined\r\n\r\nover TLS\r\n.\r\n"
+                    b"MAIL FROM:<b@remote.example>\r\nRCPT TO:<w@local.test>\r\nDATA\r\n")
+        got = replies(f, 4)
+        assert got[0].startswith(b"250 2.6.0") and got[3].startswith(b"354")
+        tls.sendall(b"Subject: second\r\n\r\nagain\r\n.\r\nQUIT\r\n")
+        got = replies(f, 2)
+        assert got[0].startswith(b"250 2.6.0") and got[1].startswith(b"221 ")
+    queued = server.queued()
+    assert sorted(r for m in queued for r in m.envelope.recipients) == \
+        ["u@local.test", "v@local.test", "w@local.test"]
+    bodies = sorted(server.queued_body(m.id).split(b"\r\n\r\n", 1)[1] for m in queued)
+    assert bodies == [b"again\r\n", b"over TLS\r\n"]
+
+
+def test_client_close_notify_mid_session(chainmail_factory, material):
+    """A client that ends TLS in the middle of a transaction: the session ends as at EOF,
+    nothing is queued, and the server answers with its own close_notify."""
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")))
+    tls, f = starttls_socket(server, material)
+    tls.sendall(b"EHLO client.test\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<u@local.test>\r\n")
+    assert replies(f, 3)[2].startswith(b"250 2.1.5")
+    raw = tls.unwrap()          # sends close_notify and waits for the server's
+    with raw:
+        raw.settimeout(5)
+        assert raw.recv(100) == b""
+    with server.smtp() as s:
+        assert s.noop()[0] == 250
+    assert server.queued() == []
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_client_dropping_tcp_without_close_notify(chainmail_factory, material, how):
+    """A client that closes (or resets) its TCP connection in the middle of DATA, without
+    close_notify: the end of its session, nothing queued, nothing logged as an error."""
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")))
+    tls, f = starttls_socket(server, material)
+    tls.sendall(b"EHLO client.test\r\nMAIL FROM:<a@remote.example>\r\n"
+                b"RCPT TO:<u@local.test>\r\nDATA\r\n")
+    assert replies(f, 4)[3].startswith(b"354")
+    tls.sendall(b"Subject: cut\r\n\r\n" + b"half of a message\r\n" * 5000)
+    if how == "reset":
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    f.close()
+    tls.close()                  # no close_notify: Python's close just closes the socket
+    with server.smtp() as s:
+        assert s.noop()[0] == 250
+    time.sleep(0.2)
+    assert server.queued() == []
+    assert "Traceback" not in server.log and "ERROR" not in server.log
+
+
+@pytest.mark.parametrize("mode", ["startTLS", "socketTLS"])
+def test_many_small_messages_on_one_tls_connection(chainmail_factory, material, mode):
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test"), mode))
+    count = 150
+    if mode == "startTLS":
+        s = server.smtp()
+        s.ehlo("client.test")
+        s.starttls(context=material.client_context())
+    else:
+        s = smtplib.SMTP_SSL("127.0.0.1", server.port, context=material.client_context(),
+                             timeout=10, local_hostname="client.test")
+    with s:
+        s.ehlo("client.test")
+        for i in range(count):
+            assert s.sendmail("a@remote.example", [f"u{i}@local.test"],
+                              f"Subject: n{i}\r\n\r\nmessage {i}\r\n") == {}
+    queued = server.queued()
+    assert len(queued) == count
+    for m in queued:
+        n = int(m.envelope.recipients[0][1:].split("@")[0])
+        assert server.queued_body(m.id).endswith(f"Subject: n{n}\r\n\r\nmessage {n}\r\n".encode())
+        assert m.envelope.attributes["tls_protocol"] == "TLSv1.3"
+
+
+def test_idle_timeout_over_tls_says_goodbye_inside_tls(chainmail_factory, material):
+    """The idle sweeper ends a TLS session like a plain one: the 421 goes out over TLS,
+    followed by the server's close_notify (no ragged EOF)."""
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")) +
+                               "<connectiontimeout>1</connectiontimeout>")
+    tls, f = starttls_socket(server, material, suppress_ragged_eofs=False)
+    with tls:
+        tls.sendall(b"EHLO client.test\r\n")
+        assert replies(f, 1)[0].startswith(b"250 ")
+        start = time.monotonic()
+        assert f.readline() == b"421 4.4.2 mx.test Error: timeout exceeded\r\n"
+        assert f.readline() == b""          # close_notify: a ragged EOF would raise
+        assert time.monotonic() - start < 4
+
+
+def test_starttls_handshake_failure_is_logged_and_ends_the_session(chainmail_factory, material):
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")) +
+                               "<connectiontimeout>2</connectiontimeout>")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        f = raw.makefile("rb")
+        f.readline()
+        raw.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220 2.0.0")
+        raw.sendall(b"EHLO this is not a ClientHello\r\n")
+        raw.settimeout(5)
+        try:
+            while raw.recv(4096):     # an alert, perhaps, then the end
+                pass
+        except ConnectionResetError:
+            pass
+    deadline = time.monotonic() + 5
+    while "TLS handshake failed" not in server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "TLS handshake failed: " in server.log
+    # a client that says nothing after STARTTLS is dropped after connectiontimeout
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        f = raw.makefile("rb")
+        f.readline()
+        raw.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220 2.0.0")
+        start = time.monotonic()
+        raw.settimeout(6)
+        try:
+            while raw.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - start < 4.5
+    with server.smtp() as s:
+        assert s.noop()[0] == 250
+
+
+def test_a_tls_client_that_never_pauses_does_not_hold_up_the_others(chainmail_factory, material):
+    """One implicit-TLS client streams pipelined NOOPs as fast as it can and reads the
+    replies, so its session always finds input waiting; another client must still be served
+    (one worker process: both sessions share one loop)."""
+    import threading
+
+    import trio
+
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test"), "socketTLS") +
+                               "<ioWorkerCount>1</ioWorkerCount>")
+    stop = threading.Event()
+    state = {"replies": 0, "error": None}
+
+    async def flood():
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        tls = trio.SSLStream(stream, material.client_context(), server_hostname="mx.test")
+        got = b""
+        while b"220 " not in got:
+            got += await tls.receive_some(4096)
+        await tls.send_all(b"EHLO flood.test\r\n")
+        got = b""
+        while b"\r\n250 " not in got:
+            got += await tls.receive_some(4096)
+
+        async def writer():
+            batch = b"NOOP\r\n" * 2000
+            while not stop.is_set():
+                await tls.send_all(batch)
+
+        async def reader():
+            while not stop.is_set():
+                chunk = await tls.receive_some(1 << 20)
+                if not chunk:
+                    return
+                state["replies"] += chunk.count(b"\r\n")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            nursery.start_soon(reader)
+            with trio.move_on_after(20):
+                while not stop.is_set():
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        stream.socket.close()
+
+    def run():
+        try:
+            trio.run(flood)
+        except Exception as exc:   # reported by the assertions below
+            state["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while state["replies"] < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state["replies"] >= 1000, state
+        start = time.monotonic()
+        with smtplib.SMTP_SSL("127.0.0.1", server.port, context=material.client_context(),
+                              timeout=10, local_hostname="client.test") as other:
+            other.sendmail("a@remote.example", ["b@local.test"], "Subject: meanwhile\r\n\r\nhi\r\n")
+        took = time.monotonic() - start
+        during = state["replies"]
+        assert thread.is_alive(), f"the flood ended before the other client was served: {state}"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert took < 3, f"the other client waited {took:.1f} s"
+    assert during > 1000
+    assert len(server.queued()) == 1
+
+
+def test_key_update_mid_session_with_openssl(chainmail_factory, material):
+    """TLS 1.3 post-handshake messages: a KeyUpdate that asks for the server's own ('K' in
+    s_client) is answered before the next reply, and the session goes on with new keys."""
+    import threading
+    openssl = need("openssl")
+    server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")))
+    proc = subprocess.Popen([openssl, "s_client", "-connect", f"127.0.0.1:{server.port}",
+                             "-servername", "mx.test", "-CAfile", str(material.ca_file),
+                             "-starttls", "smtp", "-crlf", "-msg"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: [out.append(line.decode(errors="replace"))
+                                              for line in iter(proc.stdout.readline, b"")],
+                              daemon=True)
+    reader.start()
+
+    def say(line: str, expect: str, after: int) -> int:
+        proc.stdin.write(line.encode() + b"\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = "".join(out[after:])
+            if expect in text:
+                return len(out)
+            time.sleep(0.02)
+        raise AssertionError(f"no {expect!r} after {line!r}:\n{''.join(out)}")
+
+    try:
+        deadline = time.monotonic() + 10
+        while not any("250 STARTTLS" in line or "Verify return code" in line for line in out):
+            assert time.monotonic() < deadline, "".join(out)
+            time.sleep(0.02)
+        n = say("EHLO client.test", "250-mx.test Hello client.test", 0)
+        n = say("K", ">>> TLS 1.3, Handshake [length 0005], KeyUpdate", n)
+        after_k = n
+        n = say("NOOP", "250 2.0.0", n)
+        # OpenSSL sends the server's KeyUpdate with its next record: before that reply
+        answer = "".join(out[after_k:])
+        assert "<<< TLS 1.3, Handshake [length 0005], KeyUpdate" in answer.split("250 2.0.0")[0]
+        n = say("k", "KEYUPDATE", n)
+        n = say("MAIL FROM:<a@remote.example>", "250 2.1.0", n)
+        say("quit", "221 2.0.0", n)    # "QUIT" would be s_client's own Q command
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        reader.join(5)
+    assert "TLS started" in server.log and "Traceback" not in server.log
