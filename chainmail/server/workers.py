@@ -68,6 +68,20 @@ def _reuse_socket(family: int) -> socket.socket:
     return sock
 
 
+def _probe(family: int, sockaddr: tuple) -> tuple:
+    """Bind ``sockaddr`` as one server alone would (``SO_REUSEADDR`` only) and release it;
+    returns the address with the port the kernel chose for port 0."""
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(sockaddr)
+        return probe.getsockname()
+    finally:
+        probe.close()
+
+
 def bind_addresses(servers: Sequence) -> tuple[list[BoundAddress], list[socket.socket]]:
     """Bind (without listening) every address of every block, as trio's
     ``open_tcp_listeners`` would; returns the addresses and the sockets holding them."""
@@ -81,11 +95,17 @@ def bind_addresses(servers: Sequence) -> tuple[list[BoundAddress], list[socket.s
                                            flags=socket.AI_PASSIVE)
                 for family, _, _, _, sockaddr in dict.fromkeys(
                         (i[0], i[1], i[2], i[3], i[4]) for i in infos):
-                    sock = _reuse_socket(family)
                     try:
-                        sock.bind(sockaddr)
+                        # First without SO_REUSEPORT: a port another server (another
+                        # chainmail too) listens on is refused, not silently shared.
+                        sockaddr = _probe(family, sockaddr)
+                        sock = _reuse_socket(family)
+                        try:
+                            sock.bind(sockaddr)
+                        except BaseException:
+                            sock.close()
+                            raise
                     except OSError as exc:
-                        sock.close()
                         raise OSError(exc.errno, f"{cfg.file}:{cfg.line}: {cfg.kind}server "
                                                  f"{cfg.name!r}: cannot bind {bind.host}:{bind.port}: "
                                                  f"{exc.strerror}") from exc

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from ..conftest import ROOT, ChainmailProcess, need, smtpserver_xml
+from ..conftest import CHAINMAIL, ROOT, ChainmailProcess, need, smtpserver_xml
 from .test_mailets import cli, ok, wait_for
 
 WORKER_READY = re.compile(r"worker (\d+) ready \(pid (\d+)\)")
@@ -204,3 +204,16 @@ def test_one_worker_runs_without_a_supervisor(chainmail_factory):
     assert workers(server) == {}
     with server.smtp() as s:
         assert s.noop()[0] == 250
+
+
+def test_a_port_another_server_listens_on_is_refused_not_shared(chainmail_factory, tmp_path):
+    first = chainmail_factory("<ioWorkerCount>2</ioWorkerCount>")
+    conf = tmp_path / "second" / "conf"
+    conf.mkdir(parents=True)
+    (conf / "smtpserver.xml").write_text(
+        "<smtpservers>" + smtpserver_xml("<ioWorkerCount>2</ioWorkerCount>",
+                                         bind=f"127.0.0.1:{first.port}") + "</smtpservers>")
+    result = subprocess.run([*CHAINMAIL, "run", "--conf", str(conf), "--var", str(tmp_path / "second" / "var")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"cannot bind 127.0.0.1:{first.port}: Address already in use" in result.stderr
