@@ -13,7 +13,6 @@ import signal
 import smtplib
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -200,3 +199,24 @@ def raw_exchange(port: int, data: bytes, *, host="127.0.0.1", read_until_close=T
                 break
             out += chunk
         return greeting + out
+
+
+def read_line(sock, timeout: float = 5) -> bytes:
+    """One reply line (up to and including CRLF) from a plain socket."""
+    sock.settimeout(timeout)
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import need
+from ..conftest import alive, need
 from .test_lmtp import lmtpserver_xml, maildir, with_users
 from .test_auth import cli
 
@@ -135,19 +135,13 @@ class PrivatePostfix:
         finally:
             if pid is not None:
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and _alive(pid):
+                while time.monotonic() < deadline and alive(pid):
                     time.sleep(0.1)
-                if _alive(pid):   # leftovers: the master takes its children with it
+                if alive(pid):   # leftovers: the master takes its children with it
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture

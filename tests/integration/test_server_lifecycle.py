@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from ..conftest import CHAINMAIL, cli_on_conf, need, raw_exchange
-
-
-def read_line(sock: socket.socket, timeout: float = 5) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
+from ..conftest import CHAINMAIL, cli_on_conf, need, raw_exchange, read_line
 
 
 def test_connection_limit_answers_421(chainmail_factory):

@@ -16,12 +16,10 @@ import email.policy
 import re
 import socket
 
-import pytest
-
 from ..conftest import raw_exchange, smtpserver_xml
 from ..smuggling import ALL_SEQUENCES, bare_octets, sequence_id, smuggling_message
 from .test_mailets import wait_for
-from .test_remote_delivery import ALICE, PASSWORD, container, env, world  # noqa: F401 (fixtures)
+from .test_remote_delivery import ALICE, container, env, world  # noqa: F401 (fixtures)
 
 REMOTE = "victim@remote.example"
 DECODE = '<mailet match="All" class="DecodeOctetNames"/>'

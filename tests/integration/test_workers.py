@@ -17,9 +17,8 @@ import threading
 import time
 import uuid
 
-import pytest
 
-from ..conftest import CHAINMAIL, ROOT, ChainmailProcess, need, smtpserver_xml
+from ..conftest import CHAINMAIL, ROOT, ChainmailProcess, alive, need, read_line, smtpserver_xml
 from .test_mailets import cli, ok, wait_for
 
 WORKER_READY = re.compile(r"worker (\d+) ready \(pid (\d+)\)")
@@ -38,25 +37,6 @@ def server_pids(port: int) -> set[int]:
     return {int(p) for p in re.findall(r"pid=(\d+)", out)}
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def greeting(sock: socket.socket) -> bytes:
-    sock.settimeout(5)
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(512)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_two_workers_serve_sessions_from_two_pids(chainmail_factory, tmp_path):
     server = chainmail_factory("<ioWorkerCount>2</ioWorkerCount>")
     pids = workers(server)
@@ -66,7 +46,7 @@ def test_two_workers_serve_sessions_from_two_pids(chainmail_factory, tmp_path):
     conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(24)]
     try:
         for c in conns:
-            assert greeting(c).startswith(b"220 ")
+            assert read_line(c).startswith(b"220 ")
         assert server_pids(server.port) == set(pids.values())
     finally:
         for c in conns:
@@ -82,7 +62,7 @@ def test_connection_limits_are_exact_across_workers(chainmail_factory):
                                "<connectionLimitPerIP>3</connectionLimitPerIP>")
     def connect(source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
         sock = socket.create_connection(("127.0.0.1", server.port), source_address=(source, 0))
-        return sock, greeting(sock)
+        return sock, read_line(sock)
     def accepted(attempt: tuple[socket.socket, bytes]) -> socket.socket | None:
         sock, hello = attempt
         if hello.startswith(b"220 "):
