@@ -24,6 +24,7 @@ Stdlib only. Results: stdout, bench/results/latest.md and bench/results/latest.j
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import concurrent.futures
 import datetime
@@ -221,10 +222,8 @@ def kill_leftovers(procs: list[tuple[int, int | None]]) -> None:
     """SIGKILL the processes (pid, start time) that are still there (and are still the same)."""
     for pid, started in procs:
         if started is not None and start_time(pid) == started and pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def free_port() -> int:
@@ -246,10 +245,8 @@ def wait_smtp_ready(port: int, proc: subprocess.Popen, timeout: float) -> str | 
                 banner = s.recv(512)
                 if banner.startswith(b"220"):
                     s.sendall(b"QUIT\r\n")
-                    try:
+                    with contextlib.suppress(OSError):
                         s.recv(512)
-                    except OSError:
-                        pass
                     return None
                 last = f"unexpected greeting {banner[:80]!r}"
         except OSError as e:
@@ -281,10 +278,8 @@ def empty_dir(d: Path) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(d / name)
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,10 +421,8 @@ class Peer:
             except subprocess.TimeoutExpired:
                 continue
             # the leader is gone; make sure nothing else of its group survives
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             break
         if proc.poll() is None:
             proc.wait(timeout=STOP_TIMEOUT)
@@ -692,10 +685,8 @@ class CountFilePeer(Peer):
         self.seq = 0
         self.base = 0
         shutil.rmtree(self.maildir, ignore_errors=True)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.count_file.unlink()
-        except FileNotFoundError:
-            pass
 
     def reset(self) -> None:
         self.base = self._count() or 0
@@ -858,10 +849,8 @@ class PostfixMtaPeer(Peer):
         master = self._master() if self.proc is not None else None
         if master and pid_alive(master) and self._ours(master):
             tree = [(p, start_time(p)) for p in proc_tree(master)]
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(master, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + STOP_TIMEOUT
             while time.monotonic() < deadline and pid_alive(master):
                 time.sleep(0.05)

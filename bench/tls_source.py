@@ -18,6 +18,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import asyncio
 import os
@@ -29,7 +30,7 @@ TIMEOUT = 60.0
 
 
 class Unexpected(Exception):
-    pass
+    """A reply the client did not expect: the run fails."""
 
 
 def make_body(length: int) -> bytes:
@@ -109,10 +110,8 @@ class Source:
                 await self.command(reader, writer, b"QUIT\r\n", "221")
             finally:
                 writer.close()
-                try:
+                with contextlib.suppress(OSError, ssl.SSLError):
                     await writer.wait_closed()
-                except (OSError, ssl.SSLError):
-                    pass
 
     async def run(self, sessions: int) -> None:
         await asyncio.gather(*(self.session(i) for i in range(sessions)))

@@ -125,11 +125,7 @@ class SharedLimits:
         self.table, self.worker = table, worker
         self.total, self.per_ip = total, per_ip
         self.base = block * table.block_words
-        self.local = LocalLimits(0, 0)   # this worker's own counts, for ProcessLoad and logs
-
-    @property
-    def active(self) -> int:
-        return self.local.active
+        self.by_ip: Counter[str] = Counter()   # this worker's own per-IP counts
 
     def _sum(self, at: int) -> int:
         words = self.table.words
@@ -137,18 +133,15 @@ class SharedLimits:
 
     def admit(self) -> bool:
         if not self.total:
-            self.local.active += 1
             return True
         words, base = self.table.words, self.base
         with self.table.locked():
             if self._sum(base) >= self.total:
                 return False
             words[base + self.worker] += 1
-        self.local.active += 1
         return True
 
     def release(self) -> None:
-        self.local.active -= 1
         if self.total:
             with self.table.locked():
                 self.table.words[self.base + self.worker] -= 1
@@ -193,14 +186,16 @@ class SharedLimits:
             if self._sum(at + 4) >= self.per_ip:
                 return False
             words[at + 4 + worker] += 1
-        self.local.by_ip[ip] += 1
+        self.by_ip[ip] += 1
         return True
 
     def release_ip(self, ip: str) -> None:
-        if not self.per_ip or not self.local.by_ip[ip]:
-            self.local.by_ip.pop(ip, None)
+        if not self.per_ip or not self.by_ip[ip]:
+            self.by_ip.pop(ip, None)
             return
-        self.local.release_ip(ip)
+        self.by_ip[ip] -= 1
+        if not self.by_ip[ip]:
+            del self.by_ip[ip]
         key = self._key(ip)
         with self.table.locked():
             at = self._entry(key, create=False)

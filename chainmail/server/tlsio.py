@@ -29,6 +29,7 @@ on every call, and hands out one TLS record (16 KiB) per read.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 
@@ -101,15 +102,14 @@ class TLSTransport:
             try:
                 do_handshake()
                 break
-            except ssl.SSLWantReadError:
-                pass
+            except ssl.SSLWantReadError:   # send our flight, then read more of the client's
+                if self.outgoing.pending or self.unsent:
+                    await self._send(self._take_outgoing())
+                await self._fill()
             except ssl.SSLError as exc:   # CertificateError included
                 self.broken = True
                 self._send_now()
                 raise trio.BrokenResourceError from exc
-            if self.outgoing.pending or self.unsent:
-                await self._send(self._take_outgoing())
-            await self._fill()
         self.established = True
         self.ready = self.incoming.pending > 0   # the client may have spoken already
         if self.sslobj.version() == "TLSv1.3":
@@ -162,10 +162,8 @@ class TLSTransport:
         stores the bytes before anything else can run."""
         sock = self.sock
         if self.busy_poll and self.load.lone and poll_readable(sock, self.busy_poll):
-            try:
+            with contextlib.suppress(BlockingIOError):   # readable can still mean nothing
                 return sock.recv_into(_cipher)
-            except BlockingIOError:   # readable can still mean nothing
-                pass
         while True:
             self.unyielded = 0
             await trio.lowlevel.wait_readable(sock)
@@ -298,10 +296,8 @@ class TLSTransport:
         """Send what is waiting if the socket takes it without blocking; drop it otherwise."""
         out = self._take_outgoing()
         if out:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.send(out)
-            except OSError:
-                pass
 
     # -- the end ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -24,6 +24,7 @@ replacement.  Workers die with the supervisor (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -133,11 +134,9 @@ def listen_on(address: BoundAddress, backlog: int):
 
 def _die_with_parent() -> None:
     """PR_SET_PDEATHSIG: the kernel kills this worker if the supervisor dies."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):   # not Linux: the supervisor's SIGTERM only
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
 
 
 class _Worker:
@@ -260,10 +259,8 @@ def _reap():
 
 def _stop_all(by_pid: dict, signum: int) -> None:
     for pid in list(by_pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_ready(read_fd: int, count: int, by_pid: dict) -> int:

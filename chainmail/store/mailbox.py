@@ -35,6 +35,7 @@ Every method blocks (file system, fsync): call it from a worker thread.
 from __future__ import annotations
 
 import abc
+import contextlib
 import fcntl
 import itertools
 import os
@@ -577,15 +578,11 @@ class _Pending:
 def _discard(entry: tuple[int, int, str, str, str]) -> None:
     """Close and remove a delivery file that will not be renamed into ``new/``."""
     if entry[1] >= 0:
-        try:
+        with contextlib.suppress(OSError):
             os.close(entry[1])
-        except OSError:
-            pass
     _unlink_quietly(entry[2])
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import smtplib
 import socket
@@ -289,7 +290,7 @@ def starttls_socket(server, material, **wrap) -> tuple[ssl.SSLSocket, "object"]:
     assert f.readline().startswith(b"220 ")
     raw.sendall(b"EHLO client.test\r\n")
     while f.readline()[3:4] != b" ":
-        pass
+        continue   # the EHLO reply's continuation lines
     raw.sendall(b"STARTTLS\r\n")
     assert f.readline().startswith(b"220 2.0.0")
     tls = material.client_context().wrap_socket(raw, server_hostname="mx.test", **wrap)
@@ -443,11 +444,9 @@ def test_starttls_handshake_failure_is_logged_and_ends_the_session(chainmail_fac
         assert f.readline().startswith(b"220 2.0.0")
         raw.sendall(b"EHLO this is not a ClientHello\r\n")
         raw.settimeout(5)
-        try:
+        with contextlib.suppress(ConnectionResetError):
             while raw.recv(4096):     # an alert, perhaps, then the end
-                pass
-        except ConnectionResetError:
-            pass
+                continue
     deadline = time.monotonic() + 5
     while "TLS handshake failed" not in server.log and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -460,11 +459,9 @@ def test_starttls_handshake_failure_is_logged_and_ends_the_session(chainmail_fac
         assert f.readline().startswith(b"220 2.0.0")
         start = time.monotonic()
         raw.settimeout(6)
-        try:
-            while raw.recv(4096):
-                pass
-        except ConnectionResetError:
-            pass
+        with contextlib.suppress(ConnectionResetError):
+            while raw.recv(4096):     # until the server closes
+                continue
         assert time.monotonic() - start < 4.5
     with server.smtp() as s:
         assert s.noop()[0] == 250

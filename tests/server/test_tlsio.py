@@ -154,16 +154,19 @@ async def test_a_cancelled_send_is_resumed_by_the_next(pair):
     assert received[0] == big + b"421 bye\r\n"
 
 
+async def read_to_end(transport) -> bytes:
+    """Everything the transport hands out until its end of stream."""
+    data = b""
+    while chunk := await transport.receive():
+        data += chunk
+    return data
+
+
 async def test_close_notify_from_the_client_ends_the_stream(pair):
     await pair.handshake()
     await pair.client.send_all(b"MAIL FROM:<a@b.example>\r\n")
     await pair.client.aclose()           # close_notify, then the socket closes
-    data = b""
-    while True:
-        chunk = await pair.server.receive()
-        if not chunk:
-            break
-        data += chunk
+    data = await read_to_end(pair.server)
     assert data == b"MAIL FROM:<a@b.example>\r\n"
     assert pair.server.eof
     assert await pair.server.receive() == b""
@@ -174,12 +177,7 @@ async def test_eof_without_close_notify_ends_the_stream(pair):
     await pair.handshake()
     await pair.client.send_all(b"DATA\r\nhalf a mess")
     pair.raw_client.shutdown(socket.SHUT_RDWR)
-    data = b""
-    while True:
-        chunk = await pair.server.receive()
-        if not chunk:
-            break
-        data += chunk
+    data = await read_to_end(pair.server)
     assert data == b"DATA\r\nhalf a mess"
     pair.server.close()
 
