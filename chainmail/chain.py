@@ -14,16 +14,18 @@ import math
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
-from importlib.metadata import EntryPoint, entry_points
+from functools import partial
+from importlib.metadata import EntryPoint
 from typing import Any, Callable, Iterable, Mapping
 
 import pluggy
 import trio
 
-from .config.errors import ConfigError
+from . import plugin_loader
+from .config.errors import ConfigError, ConfigWarning
 from .hookspecs import COLLECTING_HOOKS, HandlerSpec
 from .protocol.replies import Reply
+from .plugin_loader import ASYNCIO, SYNC, THREAD, TRIO, ParameterReader
 from .verdict import HookResult
 
 __all__ = ["ENTRY_POINT_GROUP", "HandlersPackage", "HandlerConfig", "Chain", "ChainEntry",
@@ -31,7 +33,7 @@ __all__ = ["ENTRY_POINT_GROUP", "HandlersPackage", "HandlerConfig", "Chain", "Ch
 
 log = logging.getLogger("chainmail.chain")
 
-ENTRY_POINT_GROUP = "chainmail.handlers"
+ENTRY_POINT_GROUP = plugin_loader.HANDLER_GROUP
 HOOK_NAMES = tuple(n for n in dir(HandlerSpec)
                    if n.startswith("on_") or n in COLLECTING_HOOKS or n == "deliver_to_recipient")
 
@@ -47,8 +49,12 @@ class HandlersPackage:
 
 
 @dataclass(frozen=True)
-class HandlerConfig:
-    """What a handler gets in ``configure()``: its own ``<handler>`` element, nothing global."""
+class HandlerConfig(ParameterReader):
+    """What a handler gets in ``configure()``: its own ``<handler>`` element, nothing global.
+
+    ``get``, ``require``, ``get_bool``, ``get_int`` and ``get_list`` read its parameters;
+    a bad value raises :class:`ConfigError` naming the file and line of the element.
+    """
 
     name: str
     params: Mapping[str, str]
@@ -57,69 +63,21 @@ class HandlerConfig:
     file: str = ""
     line: int | None = None
 
-    def get(self, key: str, default: str | None = None) -> str | None:
-        value = self.params.get(key)
-        return default if value is None else value
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.file, self.line, f"handler {self.name}: {key}", message)
-
-    def get_bool(self, key: str, default: bool) -> bool:
-        value = self.params.get(key)
-        if value is None:
-            return default
-        if value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise self.error(key, f"{value!r} is not a boolean; expected true or false")
-
-    def get_int(self, key: str, default: int, minimum: int | None = 0) -> int:
-        value = self.params.get(key)
-        if value is None:
-            return default
-        try:
-            number = int(value.strip())
-        except ValueError:
-            raise self.error(key, f"{value!r} is not an integer") from None
-        if minimum is not None and number < minimum:
-            raise self.error(key, f"{number} is below the minimum {minimum}")
-        return number
+    kind = "handler"
 
 
 # -- discovery -------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
 def installed_handlers() -> dict[str, EntryPoint]:
     """Every ``chainmail.handlers`` entry point by name (scanned once: ~1.4 ms)."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return plugin_loader.installed(ENTRY_POINT_GROUP)
 
 
 def resolve_handler(name: str, file: str = "", line: int | None = None) -> tuple[Any, EntryPoint]:
-    """Find ``name``: the exact entry-point name, else the unique entry point whose last
-    dotted part equals ``name``'s last dotted part (``com.example.Foo`` finds ``Foo``)."""
-    eps = installed_handlers()
-    ep = eps.get(name)
-    if ep is None:
-        short = name.rsplit(".", 1)[-1]
-        matches = {e.value: e for n, e in eps.items() if n.rsplit(".", 1)[-1] == short}
-        if len(matches) > 1:
-            raise ConfigError(file, line, "handler", f"{name!r} is ambiguous: it may mean any of "
-                              + ", ".join(sorted(e.name for e in matches.values()))
-                              + "; write the full name")
-        ep = next(iter(matches.values()), None)
-    if ep is None:
-        known = ", ".join(sorted(n for n in eps if "." not in n)) or "(none installed)"
-        raise ConfigError(file, line, "handler",
-                          f"no installed handler provides {name!r}; expected one of the "
-                          f"'{ENTRY_POINT_GROUP}' entry points: {known}")
-    try:
-        return ep.load(), ep
-    except Exception as exc:  # an installed plugin that fails to import
-        raise ConfigError(file, line, "handler",
-                          f"{name!r} ({ep.value}) failed to load: {exc}") from exc
+    """Find ``name`` (see :func:`chainmail.plugin_loader.resolve`)."""
+    return plugin_loader.resolve(name, ENTRY_POINT_GROUP, "handler", file, line)
 
 
 # -- calling -------------------------------------------------------------------------------
-SYNC, TRIO, ASYNCIO, THREAD = "sync", "trio", "asyncio", "thread"
-
 
 @dataclass(slots=True)
 class _Impl:
@@ -186,7 +144,7 @@ class Chain:
                 handler = hi.plugin
                 argnames = tuple(hi.argnames)
                 indexes = None if argnames == spec_args else tuple(spec_args.index(a) for a in argnames)
-                impl = _Impl(hi.function, indexes, _kind_of(handler, hi.function),
+                impl = _Impl(hi.function, indexes, plugin_loader.run_mode(handler, hi.function),
                              type(handler).__name__, hook, handler)
                 self.hooks[hook].append(impl)
                 if hook == "on_command":
@@ -279,23 +237,12 @@ class Chain:
         return lines
 
 
-def _kind_of(handler: Any, fn: Callable) -> str:
-    declared = getattr(fn, "runs_on", None) or getattr(handler, "runs_on", None)
-    if declared == ASYNCIO:
-        return ASYNCIO
-    if inspect.iscoroutinefunction(fn):
-        return TRIO
-    if declared == THREAD:
-        return THREAD
-    return SYNC
-
-
 # -- building --------------------------------------------------------------------------------
-def _instantiate(cls: Any, config: HandlerConfig) -> Any:
-    handler = cls() if isinstance(cls, type) else cls
-    configure = getattr(handler, "configure", None)
-    if configure is not None:
-        configure(config)
+def _make_handler(obj: Any, name: str, config: HandlerConfig) -> Any:
+    file, line = config.file, config.line
+    handler = plugin_loader.instantiate(obj, "handler", name, file, line)
+    plugin_loader.check_run_modes(handler, HOOK_NAMES, "handler", name, file, line)
+    plugin_loader.configure(handler, "configure", config, "handler", name, file, line)
     return handler
 
 
@@ -303,31 +250,77 @@ def _target(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
+def _child_line(element: Any) -> Callable[[str], int | None]:
+    """The line of the child element a dotted parameter name came from."""
+    def line_of(key: str) -> int | None:
+        node = element
+        for part in key.split("."):
+            node = next((c for c in node if c.tag == part), None) if node is not None else None
+        return getattr(node, "sourceline", None)
+    return line_of
+
+
 def build_chain(chain_config, server: Any = None, *, timeout: float = 30.0,
-                limiter: trio.CapacityLimiter | None = None) -> Chain:
-    """``<handler>`` entries in XML order, then the ``coreHandlersPackage`` handlers."""
+                limiter: trio.CapacityLimiter | None = None,
+                errors: list[ConfigError] | None = None,
+                warnings: list[ConfigWarning] | None = None) -> Chain:
+    """``<handler>`` entries in XML order, then the ``coreHandlersPackage`` handlers.
+
+    Without ``errors`` the first configuration error is raised.  With a list, every
+    handler's error is appended to it and the chain is built from the others, so that
+    ``check-config`` reports them all in one pass.  Parameters a handler does not declare
+    are warnings: appended to ``warnings``, else logged.
+    """
     entries: list[ChainEntry] = []
-    for spec in chain_config.handlers:
+    found: list[ConfigWarning] = []
+
+    def attempt(make: Callable[[], None]) -> None:
+        if errors is None:
+            make()
+            return
+        try:
+            make()
+        except ConfigError as exc:
+            errors.append(exc)
+
+    def add_handler(spec) -> None:
         obj, ep = resolve_handler(spec.name, spec.file, spec.line)
         if isinstance(obj, type) and issubclass(obj, HandlersPackage):
-            continue  # inert, as in James
+            return  # inert, as in James
+        found.extend(plugin_loader.parameter_warnings(
+            obj, spec.params, "handler", spec.name, spec.file, spec.line,
+            line_of=_child_line(spec.element) if spec.element is not None else None))
         cfg = HandlerConfig(spec.name, spec.params, spec.element, server, spec.file, spec.line)
-        entries.append(ChainEntry(spec.name, _instantiate(obj, cfg), _target(obj)))
-    package_name = chain_config.core_package
-    if package_name:
+        entries.append(ChainEntry(spec.name, _make_handler(obj, spec.name, cfg), _target(obj)))
+
+    def add_package(package_name: str) -> None:
         pkg, _ = resolve_handler(package_name, chain_config.file, chain_config.line)
         if not (isinstance(pkg, type) and issubclass(pkg, HandlersPackage)):
             raise ConfigError(chain_config.file, chain_config.line, "handlerchain",
                               f"coreHandlersPackage {package_name!r} is not a handlers package")
         for cls in pkg.handlers:
             cfg = HandlerConfig(cls.__name__, {}, None, server, chain_config.file, chain_config.line)
-            entries.append(ChainEntry(cls.__name__, _instantiate(cls, cfg), _target(cls),
-                                      package=package_name))
+            attempt(lambda: entries.append(ChainEntry(cls.__name__, _make_handler(cls, cls.__name__, cfg),
+                                                      _target(cls), package=package_name)))
+
+    for spec in chain_config.handlers:
+        attempt(lambda: add_handler(spec))
+    if chain_config.core_package:
+        attempt(lambda: add_package(chain_config.core_package))
+    if warnings is None:
+        for warning in found:
+            log.warning("%s", warning)
+    else:
+        warnings.extend(found)
     try:
         return Chain(entries, timeout=timeout, limiter=limiter)
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(chain_config.file, chain_config.line, "handlerchain",
-                          f"handler {exc.plugin!r} does not match the hook contract: {exc}") from exc
+        error = ConfigError(chain_config.file, chain_config.line, "handlerchain",
+                            f"handler {exc.plugin!r} does not match the hook contract: {exc}")
+        if errors is None:
+            raise error from exc
+        errors.append(error)
+        return Chain([], timeout=timeout, limiter=limiter)
 
 
 def iter_hook_names() -> Iterable[str]:

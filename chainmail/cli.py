@@ -10,28 +10,16 @@ import argparse
 import logging
 import os
 import sys
-import time
 
-from . import cli_accounts, cli_queue
+from . import cli_accounts, cli_queue, logsetup
 from .config import load_config
 from .config.errors import ConfigError
 
 log = logging.getLogger("chainmail")
 
 
-class _LogFormatter(logging.Formatter):
-    """The standard format, with the date formatted once a second instead of per line (a
-    busy server writes a few lines per message)."""
-
-    _second = -1
-    _text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._text},{int(record.msecs):03d}"
+#: The text log format's formatter (kept under this name for code that imported it).
+_LogFormatter = logsetup.TextFormatter
 
 
 def _common() -> argparse.ArgumentParser:
@@ -40,7 +28,36 @@ def _common() -> argparse.ArgumentParser:
                         help="configuration directory (default ./conf)")
     common.add_argument("--var", default=argparse.SUPPRESS, metavar="DIR",
                         help="state directory: spool, databases (default ./var)")
+    common.add_argument("--log-file", default=argparse.SUPPRESS, metavar="PATH",
+                        help="append log lines to PATH instead of stderr; reopened on SIGHUP "
+                             "(logrotate); 'syslog' is the same as --syslog")
+    common.add_argument("--syslog", action="store_true", default=argparse.SUPPRESS,
+                        help="log to syslog (/dev/log), facility mail")
+    common.add_argument("--syslog-address", default=argparse.SUPPRESS, metavar="ADDRESS",
+                        help="log to syslog at ADDRESS: a socket path, or IP:PORT over UDP")
+    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                        help="text (default), or json: one JSON object per line")
     return common
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"chainmail {version('chainmail')}"
+    except PackageNotFoundError:
+        return "chainmail (version unknown: the package is not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,17 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chainmail", parents=[common],
                                      description="chainmail mail server")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run the servers of the configuration")
     run.add_argument("--grace-period", type=float, default=30.0, metavar="SECONDS",
                      help="on SIGTERM, how long transactions in flight may take to finish")
-    sub.add_parser("check-config", parents=[common],
-                   help="print each server's effective configuration and handler chain")
+    check = sub.add_parser("check-config", parents=[common],
+                           help="print each server's effective configuration and handler chain, "
+                                "and every error of the configuration")
+    check.add_argument("--strict", action="store_true",
+                       help="treat warnings (unknown parameters, ignored elements) as errors")
     domain = sub.add_parser("domain", parents=[common], help="manage local domains")
     dsub = domain.add_subparsers(dest="action", required=True)
     for action in ("add", "remove"):
         p = dsub.add_parser(action, parents=[common])
         p.add_argument("name")
+    p.add_argument("--force", action="store_true",
+                   help="remove the domain even though users or mappings still use it")
     dsub.add_parser("list", parents=[common])
     sub.add_parser("keystore", parents=[common],
                    help="create a self-signed PKCS12 keystore for every TLS server whose keystore "
@@ -87,18 +110,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each command reads: ``queue`` and ``relaycheck`` need no configuration directory;
+# these use the state directory, which ``run`` (once its configuration is good) and the
+# commands of _CREATES_STATE may create.
+_USES_VAR = {"run", "domain", "queue", "user", "alias", "repository", "quota"}
+_NO_CONF = {"queue", "relaycheck"}
+_CREATES_STATE = {("domain", "add"), ("user", "add"), ("alias", "add")}
+EXIT_BROKEN_PIPE = 128 + 13   # as a shell reports a tool killed by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit statuses: 0 success, 1 failure, 2 usage or configuration error, 130 interrupted,
+    141 when the reader of the output went away (``chainmail queue list | head -1``)."""
     args = build_parser().parse_args(argv)
+    try:
+        code = _main(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe: nothing more can be said, and Python's exit-time
+        # flush must not fail again on the same pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(args) -> int:
     conf = os.path.abspath(getattr(args, "conf", "conf"))
     var = os.path.abspath(getattr(args, "var", "var"))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    try:
+        logsetup.configure(level=logging.DEBUG if args.verbose else logging.INFO,
+                           log_file=getattr(args, "log_file", None),
+                           syslog=getattr(args, "syslog_address", None) or (
+                               logsetup.DEFAULT_SYSLOG if getattr(args, "syslog", False) else None),
+                           fmt=getattr(args, "log_format", "text"))
+    except logsetup.LogSetupError as err:
+        print(f"chainmail: {err}", file=sys.stderr)
+        return 2
+    problem = None
+    if args.command not in _NO_CONF:
+        problem = _conf_problem(conf, explicit=hasattr(args, "conf"))
+    if problem is None and args.command in _USES_VAR and args.command != "run":
+        problem = _state_dir(var, explicit=hasattr(args, "var"), create=(
+            args.command, getattr(args, "action", None)) in _CREATES_STATE, announce=True)
+    if problem is not None:
+        print(f"chainmail: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.command == "run":
-            return _run(conf, var, args.grace_period)
+            return _run(conf, var, args.grace_period, var_given=hasattr(args, "var"))
         if args.command == "check-config":
-            return _check_config(conf, var)
+            return _check_config(conf, var, args.strict)
         if args.command == "domain":
             return _domain(conf, var, args)
         if args.command == "queue":
@@ -117,6 +182,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chainmail: configuration error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def _conf_problem(conf: str, *, explicit: bool) -> str | None:
+    """A configuration directory that is not there is an error, never an empty configuration."""
+    given = "--conf" if explicit else "the default ./conf; give --conf DIR"
+    if not os.path.exists(conf):
+        return f"configuration directory {conf} does not exist ({given})"
+    if not os.path.isdir(conf):
+        return f"configuration directory {conf} is not a directory ({given})"
+    return None
+
+
+def _state_dir(var: str, *, explicit: bool, create: bool, announce: bool) -> str | None:
+    """A missing state directory is created only by ``run`` and the ``add`` commands, and
+    only inside an existing directory: a mistyped ``--var`` must not silently start an empty
+    state (the others have nothing to read or change there, and say so)."""
+    given = "--var" if explicit else "the default ./var; give --var DIR"
+    if os.path.isdir(var):
+        return None
+    if os.path.exists(var):
+        return f"state directory {var} is not a directory ({given})"
+    if not create:
+        return (f"state directory {var} does not exist ({given}); chainmail run and the add "
+                f"commands create it")
+    parent = os.path.dirname(var)
+    if not os.path.isdir(parent):
+        return f"state directory {var} cannot be created: {parent} does not exist ({given})"
+    try:
+        os.mkdir(var, 0o750)
+    except OSError as exc:
+        return f"cannot create state directory {var}: {exc.strerror or exc}"
+    if announce:
+        print(f"chainmail: created state directory {var}", file=sys.stderr)
+    else:
+        log.info("created state directory %s (first start)", var)
+    return None
 
 
 def _load(conf: str):
@@ -145,13 +246,20 @@ def _contexts(config, domains, spool, users=None, rrt=None):
             for s in (*config.smtp_servers, *config.lmtp_servers) if s.enabled]
 
 
-def _run(conf: str, var: str, grace_period: float) -> int:
-    """One process, or a supervisor and ``ioWorkerCount`` worker processes."""
+def _run(conf: str, var: str, grace_period: float, *, var_given: bool = True) -> int:
+    """One process, or a supervisor and ``ioWorkerCount`` worker processes.  The state
+    directory is created on the first start, once the configuration is known to be good."""
     from .server import workers
     config = _load(conf)
     servers = [s for s in (*config.smtp_servers, *config.lmtp_servers) if s.enabled]
     if not servers:
         print(f"chainmail: no enabled server in {conf}", file=sys.stderr)
+        return 2
+    missing = _missing_keystore(servers, conf)
+    if missing is None:
+        missing = _state_dir(var, explicit=var_given, create=True, announce=False)
+    if missing is not None:
+        print(f"chainmail: {missing}", file=sys.stderr)
         return 2
     _recover_spool(var)
     count = workers.worker_count(servers)
@@ -175,13 +283,32 @@ def _run(conf: str, var: str, grace_period: float) -> int:
     try:
         return workers.supervise(
             count,
-            lambda index, ready_fd: _serve(conf, var, config, grace_period, worker=index,
-                                           ready_fd=ready_fd, bound=bound,
-                                           limits=(limits_path, count)),
+            lambda index, ready_fd: _serve_worker(conf, var, config, grace_period, worker=index,
+                                                  ready_fd=ready_fd, bound=bound,
+                                                  limits=(limits_path, count)),
             on_worker_exit=lambda index: _clear_worker(limits_path, len(servers), count, index))
     finally:
         for sock in holders:
             sock.close()
+
+
+def _serve_worker(*args, worker: int, **kwargs) -> int:
+    """In a forked worker: its index goes into its JSON log lines, then it serves."""
+    logsetup.set_worker(worker)
+    return _serve(*args, worker=worker, **kwargs)
+
+
+def _missing_keystore(servers, conf: str) -> str | None:
+    """The usual first TLS stumble, answered with what to do: a configured keystore file
+    that does not exist yet."""
+    for server in servers:
+        tls = server.tls
+        if tls.enabled and tls.keystore and not os.path.exists(tls.keystore):
+            return (f"{server.file}:{server.line}: {server.kind}server {server.name!r}: "
+                    f"tls/keystore {tls.keystore} does not exist; to try TLS out, create a "
+                    f"self-signed one with: chainmail keystore --conf {conf}; for real use, "
+                    f"set <keystore> to your certificate's PKCS12 file")
+    return None
 
 
 def _recover_spool(var: str) -> None:
@@ -225,6 +352,8 @@ def _serve(conf: str, var: str, config, grace_period: float, *, worker: int | No
         return 2
     if container is not None:
         mailboxes = container.mailboxes
+        if worker in (None, 0):
+            _warn_postmaster_without_mailbox(container.context, conf)
     else:
         from .store.mailbox import MaildirStore
         mailboxes = MaildirStore(os.path.join(var, "mail"), db)
@@ -237,6 +366,7 @@ def _serve(conf: str, var: str, config, grace_period: float, *, worker: int | No
         ctx.mailet_engine = container.engine if container is not None else None
         c = ctx.config
         if table is not None:
+            assert worker is not None   # shared limits exist only in worker processes
             ctx.limits = SharedLimits(table, block, worker, c.connection_limit,
                                       c.connection_limit_per_ip)
         if worker in (None, 0):
@@ -268,6 +398,24 @@ def _serve(conf: str, var: str, config, grace_period: float, *, worker: int | No
         if table is not None:
             table.close()
     return 0
+
+
+def _warn_postmaster_without_mailbox(context, conf: str) -> None:
+    """Mail to the postmaster (bounces of bounces, RFC 5321's required address) is lost in
+    bounces when the postmaster has no mailbox: say so once, at start."""
+    from .mailet.config import FILE
+    address = context.postmaster
+    try:
+        targets = context.rrt.resolve(address) if context.rrt is not None else [address]
+    except Exception:   # a rewrite loop: the mail goes to the error processor
+        targets = []
+    local = [t for t in targets if context.is_local_email(t)]
+    remote = [t for t in targets if not context.is_local_server(t.rpartition("@")[2])]
+    if local or remote:
+        return
+    log.warning("the postmaster address %s (<postmaster> in %s) has no mailbox: mail to it "
+                "bounces; create it (chainmail user add %s) or map it to a user (chainmail "
+                "alias add %s USER)", address, os.path.join(conf, FILE), address, address)
 
 
 def _require_container(contexts, conf: str) -> None:
@@ -302,37 +450,10 @@ def _container(conf: str, var: str, config, spool, domains, users, rrt):
                            servers=config.servers, conf=conf)
 
 
-def _check_config(conf: str, var: str) -> int:
-    from .config import describe_server
-    from .server.context import ServerContext
-    from .chain import build_chain
-    config = _load(conf)
-    print(f"# configuration directory {conf}")
-    from .server.workers import worker_count
-    count = worker_count((*config.smtp_servers, *config.lmtp_servers))
-    print(f"worker processes = {count} (ioWorkerCount, the largest of the enabled blocks; "
-          f"{'one process, no supervisor' if count == 1 else 'a supervisor and its workers'})")
-    dl = config.domainlist
-    print(f"domainlist: domains={', '.join(dl.domains) or '(none)'} defaultDomain={dl.default_domain} "
-          f"autodetect={str(dl.autodetect).lower()} autodetectIP={str(dl.autodetect_ip).lower()}")
-    for server in (*config.smtp_servers, *config.lmtp_servers):
-        print()
-        print(f"[{server.kind}server {server.name}] ({server.file}:{server.line})")
-        for key, value in describe_server(server):
-            print(f"  {key} = {value}")
-        if not server.enabled:
-            continue
-        ctx = ServerContext(server, domains=None, spool=None)
-        chain = build_chain(server.handlerchain, ctx, timeout=server.handler_timeout)
-        print("  handler chain, in call order:")
-        for i, line in enumerate(chain.describe(), 1):
-            print(f"    {i:2d}. {line}")
-    from .mailet.cli import describe_container
-    for line in describe_container(conf, var):
-        print(line)
-    for warning in config.warnings:
-        print(str(warning))
-    return 0
+def _check_config(conf: str, var: str, strict: bool = False) -> int:
+    """Every error of the configuration in one pass (:mod:`chainmail.check_config`)."""
+    from .check_config import check_config
+    return check_config(conf, var, strict=strict)
 
 
 def _keystore(conf: str) -> int:
@@ -370,6 +491,11 @@ def _domain(conf: str, var: str, args) -> int:
             for name in store.list():
                 print(name)
             return 0
+        if args.action == "remove":
+            refused = _domain_remove_refused(config, var, store, args.name, args.force)
+            if refused is not None:
+                print(f"chainmail: {refused}", file=sys.stderr)
+                return 2
         try:
             changed = store.add(args.name) if args.action == "add" else store.remove(args.name)
         except ValueError as exc:
@@ -383,3 +509,45 @@ def _domain(conf: str, var: str, args) -> int:
         return 0
     finally:
         store.close()
+
+
+def _domain_remove_refused(config, var: str, store, name: str, force: bool) -> str | None:
+    """Why ``domain remove name`` must not happen, or None.  A domain of domainlist.xml
+    comes back at every start; one that users or mappings use would send their mail out
+    (``--force`` removes it anyway)."""
+    from .store.domains import normalize_domain
+    from .store.rrt import RecipientRewriteTable
+    from .store.users import UsersRepository
+    try:
+        domain = normalize_domain(name)
+    except ValueError:
+        return None   # store.remove() says it is not present
+    dl = config.domainlist
+    where = dl.file or "domainlist.xml"
+    if domain == normalize_domain(dl.default_domain):
+        return (f"cannot remove {domain}: it is the defaultDomain of {where}; change it there "
+                "(it is added back at every start)")
+    if dl.contains(domain):
+        return (f"cannot remove {domain}: it comes from {where} (a <domainname>, or this "
+                "host's name with <autodetect>), so it is added back at every start; "
+                "remove it there")
+    if force or not store.contains(domain):
+        return None
+    db = os.path.join(var, "chainmail.db")
+    with UsersRepository(db) as users:
+        uses = [f"user {u}" for u in users.list() if u.rpartition("@")[2] == domain]
+    rrt = RecipientRewriteTable(db)
+    try:
+        for m in rrt.list():
+            if m.kind == "domain" and domain in (m.source, m.target):
+                uses.append(f"domain alias {m.source} -> {m.target}")
+            elif m.kind != "domain" and domain in (m.source.rpartition("@")[2],
+                                                    m.target.rpartition("@")[2]):
+                uses.append(f"{m.kind} {m.source} -> {m.target}")
+    finally:
+        rrt.close()
+    if not uses:
+        return None
+    shown = ", ".join(uses[:10]) + (f" and {len(uses) - 10} more" if len(uses) > 10 else "")
+    return (f"cannot remove {domain}: still used by {shown}; remove them first, or give "
+            "--force (their mail would then be relayed elsewhere or refused)")

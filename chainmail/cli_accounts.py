@@ -16,8 +16,10 @@
 Passwords are never taken from the command line (it is visible to other
 users in the process list and kept in shell history): ``--password-stdin``
 reads one line from standard input, otherwise the password is asked twice on
-the terminal without echo.  Exit status: 0 done, 1 nothing to do (already
-there / not found), 2 bad input.
+the terminal without echo.  A new password must satisfy the password policy
+(at least 8 characters unless ``conf/usersrepository.xml`` says
+``<passwordPolicy minLength="..."/>``).  Exit status: 0 done, 1 nothing to do
+(already there / not found), 2 bad input.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace, conf: str, var: str) -> int:
         _err(f"configuration error: {err}")
         return BAD
     stores = _Stores(config, var)
+    stores.conf = conf
     try:
         if args.command == "user":
             return _user(args, stores)
@@ -104,6 +107,7 @@ class _Stores:
         self._config = config
         self._db = os.path.join(var, "chainmail.db")
         self._domains = self._users = self._rrt = None
+        self.conf = "conf"
 
     @property
     def domains(self):
@@ -185,8 +189,19 @@ def _user(args, stores: _Stores) -> int:
         _err(f"no user {name}")
         return NOOP
 
+    from .store.users import load_password_policy
+    try:
+        policy = load_password_policy(stores.conf)
+    except ConfigError as err:
+        _err(f"configuration error: {err}")
+        return BAD
     password = _read_password(args, name)
     if password is None:
+        return BAD
+    try:
+        policy.check(password)
+    except ValueError as exc:
+        _err(f"{exc}; nothing changed")
         return BAD
     try:
         if args.action == "add":

@@ -5,10 +5,17 @@
     chainmail queue [list] [--queue NAME] [--domain D]   each outgoing queue, then the spool
     chainmail queue flush [--queue NAME] [--domain D]    retry now what is waiting
     chainmail queue remove ID [ID...]                    drop entries from any queue
+    chainmail queue show ID                              envelope, headers, where it is
+    chainmail queue hold ID / release ID                 stop a message / let it go on
+
+``ID`` is the queue id of the 250 reply (the listings show it): a message keeps it through
+the container, the outgoing queue and every retry; the id of one spool entry works too.
 
 The queues are spools that several processes may share, so these commands work whether or
 not the server runs; a flush is a request file the running queue reads within a second
-(``chainmail.remote.control``).  Exit status: 0 done, 1 an id was not queued, 2 bad input.
+(``chainmail.remote.control``), a hold a file the spool workers and the outgoing queues read
+within a second (``chainmail.store.holds``).  Exit status: 0 done, 1 an id was not queued
+(or, for release, not held), 2 bad input.
 """
 
 from __future__ import annotations
@@ -39,12 +46,21 @@ def add_subcommands(sub, common) -> None:
     remove = qsub.add_parser("remove", parents=[common],
                              help="remove messages from the spool or an outgoing queue")
     remove.add_argument("ids", nargs="+", metavar="ID")
+    for action, text in (("show", "show a message: envelope, headers, where it is, its tries"),
+                         ("hold", "keep a message where it is (not processed, not delivered) "
+                                  "until released"),
+                         ("release", "let a held message go on")):
+        p = qsub.add_parser(action, parents=[common], help=text)
+        p.add_argument("id", metavar="ID", help="queue id (from the 250 reply or the listing)")
 
 
 def run(var: str, args) -> int:
     action = getattr(args, "action", None) or "list"
     if action == "remove":
         return _queue_remove(var, args.ids)
+    if action in ("show", "hold", "release"):
+        from . import cli_queue_show
+        return getattr(cli_queue_show, action)(var, args.id)
     from .remote.control import normalise_domain
     try:
         domain = normalise_domain(getattr(args, "domain", None))
@@ -103,8 +119,9 @@ def _queue_list_outgoing(var: str, name: str, domain: str | None, now: float) ->
     entries = [e for e in queue.list() if _queue_wanted(e, domain)]
     print(f"outgoing queue {name} ({queue.root})")
     print(f"{'ID':<33} {'AGE':>8} {'NEXT':>8} {'TRIES':>5}  SENDER -> RECIPIENTS  (LAST ERROR)")
+    held = _held(var)
     for e in entries:
-        print(_queue_outgoing_row(e, now, flushes))
+        print(_queue_outgoing_row(e, now, flushes) + held(e))
     print(f"{len(entries)} message(s) waiting in outgoing queue {name}")
 
 
@@ -115,9 +132,22 @@ def _queue_outgoing_row(entry, now: float, flushes) -> str:
     due = float(attrs.get(ATTR_NEXT_ATTEMPT) or 0)
     nxt = "now" if due <= now or any(f.matches(entry) for f in flushes) else f"in {format_age(due - now)}"
     error = " ".join(str(attrs.get(ATTR_LAST_ERROR) or "").split())
-    return (f"{entry.id:<33} {format_age(now - _arrival(entry)):>8} {nxt:>8} "
+    return (f"{_qid(entry):<33} {format_age(now - _arrival(entry)):>8} {nxt:>8} "
             f"{int(attrs.get(ATTR_RETRY_COUNT) or 0):>5}  {_queue_addresses(env)}"
             + (f"  ({error})" if error else ""))
+
+
+def _held(var: str):
+    """A row's suffix: ``  [held]`` for a held message (``chainmail queue hold``)."""
+    from .store.holds import HoldList
+    holds = HoldList(var)
+    return lambda entry: "  [held]" if holds.is_held(_qid(entry)) else ""
+
+
+def _qid(entry) -> str:
+    """The queue id the listings show (the operator's handle for show/hold/remove)."""
+    from .mailet.context import queue_id_of
+    return queue_id_of(entry.envelope, entry.id)
 
 
 def _arrival(entry) -> float:
@@ -134,13 +164,14 @@ def _queue_addresses(env) -> str:
 def _queue_list_spool(var: str, domain: str | None, now: float) -> None:
     spool = _spool(var)
     messages = [m for m in spool.list() if _queue_wanted(m, domain)]
+    held = _held(var)
     print(f"{'ID':<32} {'AGE':>8} {'SIZE':>10} {'STATE':<16} {'TRIES':>5}  SENDER -> RECIPIENTS")
     for m in messages:
         env = m.envelope
         error = env.attributes.get("chainmail.error_message")
-        print(f"{m.id:<32} {format_age(now - _arrival(m)):>8} {m.size:>10} {env.state:<16} "
+        print(f"{_qid(m):<32} {format_age(now - _arrival(m)):>8} {m.size:>10} {env.state:<16} "
               f"{env.error_count:>5}  {_queue_addresses(env)}"
-              + (f"  ({error})" if error else ""))
+              + (f"  ({error})" if error else "") + held(m))
     print(f"{len(messages)} message(s) queued")
 
 
@@ -180,15 +211,25 @@ def _queue_remove(var: str, ids: list[str]) -> int:
 
 
 def _queue_remove_one(queues, msg_id: str):
-    """(where, entry) of the removed message, or None if no queue holds it."""
+    """(where, entry) of the removed message, or None if no queue holds it.  A queue id
+    removes every entry of that message (its retries, the copies made of it)."""
+    removed = None
     for where, spool in queues:
         try:
             entry = spool.get(msg_id)
             spool.remove(msg_id)
-        except KeyError:
-            continue
-        return where, entry
-    return None
+        except (KeyError, ValueError):
+            pass
+        else:
+            return where, entry
+        for entry in spool.list():
+            if _qid(entry) == msg_id or _qid(entry).startswith(msg_id + "-"):
+                try:
+                    spool.remove(entry.id)
+                except KeyError:
+                    continue
+                removed = where, entry
+    return removed
 
 
 def format_age(seconds: float) -> str:

@@ -182,11 +182,15 @@ class JwksCache:
         if keys is not None and self.clock() - self._fetched_at < self.max_age:
             return keys
         try:
-            return await self._fetch()
+            fetched = await self._fetch()
+            if fetched is not None:
+                return fetched
         except ProviderUnavailable:
             if keys is None:
                 raise
-            return keys
+        if keys is None:   # only a fetch with only_if_due=True returns None
+            raise ProviderUnavailable(f"{self.url}: no keys")
+        return keys
 
     async def refetch(self) -> list[Any] | None:
         """For an unknown ``kid``: fetch again, unless the last fetch is more recent than the

@@ -208,6 +208,7 @@ class _Client:
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+                assert smtp.sock is not None   # connected above
                 smtp.sock = context.wrap_socket(smtp.sock, server_hostname=None)
                 smtp.file = None   # smtplib reads replies through a file made on demand
                 self._hello(smtp)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import smtplib
 import subprocess
 import sys
 import time
@@ -18,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from chainmail.testing.server import ChainmailProcess as KitProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 CHAINMAIL = [sys.executable, "-m", "chainmail"]
-LISTENING = re.compile(r"listening on (\[[^\]]+\]|[0-9.]+):(\d+)")
 
 NO_DNS = """<dnsservice><servers><server>127.0.0.1:9</server></servers>
 <autodiscover>false</autodiscover><timeout>1</timeout></dnsservice>
@@ -53,42 +52,11 @@ def smtpserver_xml(body: str = "", *, bind: str = "127.0.0.1:0", hello: str = "m
             f'  <handlerchain coreHandlersPackage="{core}">{handlers}</handlerchain>\n</smtpserver>')
 
 
-class ChainmailProcess:
-    """A running ``chainmail run``.  ``ports`` lists bound ports in log order."""
+class ChainmailProcess(KitProcess):
+    """A running ``chainmail run`` (``chainmail.testing``'s process), with the spool at hand."""
 
     def __init__(self, conf: Path, var: Path, extra_args=()):
-        self.conf, self.var = conf, var
-        self.log_path = var.parent / "chainmail.log"
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([*CHAINMAIL, "run", "--conf", str(conf), "--var", str(var),
-                                      *extra_args], stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=str(var.parent))
-        self.ports: list[int] = []
-        self.host = "127.0.0.1"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            text = self.log
-            if "chainmail ready" in text:
-                self.ports = [int(m.group(2)) for m in LISTENING.finditer(text)]
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chainmail exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"chainmail did not start:\n{self.log}")
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def smtp(self, port: int | None = None, **kwargs) -> smtplib.SMTP:
-        kwargs.setdefault("local_hostname", "client.test")  # never let smtplib ask DNS
-        return smtplib.SMTP(self.host, port or self.port, timeout=10, **kwargs)
+        super().__init__(conf, var, args=extra_args, startup_timeout=20)
 
     def queued(self) -> list:
         from chainmail.store.spool import DirectorySpool
@@ -98,20 +66,6 @@ class ChainmailProcess:
         from chainmail.store.spool import DirectorySpool
         with DirectorySpool(str(self.var / "spool")).open_body(msg_id) as f:
             return f.read()
-
-    def signal(self, signum=signal.SIGTERM) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -220,3 +174,73 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true and return that; an
+    ``AssertionError`` naming ``what`` after ``timeout`` seconds.  Tests wait on the event
+    itself rather than sleeping for a guessed time: fast when it comes at once, patient
+    when the machine is slow."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_log(source, pattern: str, timeout: float = 10.0, count: int = 1) -> str:
+    """Wait until the log of ``source`` (a :class:`ChainmailProcess` or a path) has at least
+    ``count`` matches of the regular expression ``pattern``; return the log text."""
+    regex = re.compile(pattern)
+
+    def text() -> str:
+        if isinstance(source, ChainmailProcess):
+            return source.log
+        path = Path(source)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def matched():
+        log = text()
+        return log if len(regex.findall(log)) >= count else None
+
+    try:
+        return wait_for(matched, timeout, f"{count} x {pattern!r} in the log")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{text()}") from None
+
+
+#: Seconds within which a running server sees users, aliases and domains changed by the
+#: command line (each process asks SQLite at most this often).
+STORE_REFRESH = 1.0
+
+
+def wait_for_recipients(server: ChainmailProcess, *recipients: str, port: int | None = None,
+                        hello: bytes = b"EHLO probe.test", changed_at: float | None = None,
+                        timeout: float = 10.0) -> None:
+    """Wait until ``server`` accepts every one of ``recipients`` at RCPT after a change made
+    with the command line at ``changed_at`` (``time.monotonic()``; now by default).
+
+    One process: probe sessions (MAIL, RCPT, RSET, QUIT: nothing is sent) until the
+    recipients are accepted, which is at once when the cache is due for a check.  Worker
+    processes each keep a cache and a probe reaches only one of them, so first the
+    documented bound, :data:`STORE_REFRESH` seconds after the change, has to pass."""
+    changed_at = time.monotonic() if changed_at is None else changed_at
+    if re.search(r"worker \d+ ready", server.log):
+        time.sleep(max(0.0, changed_at + STORE_REFRESH + 0.05 - time.monotonic()))
+
+    def accepted() -> bool:
+        data = raw_exchange(port or server.port, hello + b"\r\nMAIL FROM:<probe@remote.example>\r\n" +
+                            b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in recipients) +
+                            b"RSET\r\nQUIT\r\n")
+        return data.count(b"\r\n250 2.1.5 ") == len(recipients)
+
+    wait_for(accepted, timeout, f"RCPT accepted for {', '.join(recipients)}", interval=0.05)
+
+
+def serving_processes(server: ChainmailProcess) -> int:
+    """How many processes of ``server`` serve sessions (its workers, or itself): each logs
+    its own ``shutting down``, ``TLS certificates reloaded`` and the like."""
+    return len(set(re.findall(r"worker (\d+) ready", server.log))) or 1

@@ -1,9 +1,10 @@
 """Configuration: James-compatible ``smtpserver.xml``, ``lmtpserver.xml`` and ``domainlist.xml``.
 
 ``load_config(conf_dir)`` reads the whole configuration directory and returns
-an immutable :class:`Config`; any invalid value raises :class:`ConfigError`
-(``file:line: element: message``), non-fatal findings are collected as
-:class:`ConfigWarning` objects.
+an immutable :class:`Config`; invalid values raise :class:`ConfigError`
+(``file:line: element: message``; :class:`ConfigErrors` holds all of them when
+there are several), non-fatal findings are collected as :class:`ConfigWarning`
+objects.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .domainlist import DomainListConfig, load_domainlist
-from .errors import ConfigError, ConfigWarning
+from .domainlist import DomainListConfig, load_domainlist, read_domainlist
+from .errors import ConfigError, ConfigErrors, ConfigWarning
 from .netmatch import NetworkSet
 from .server import (
     AuthConfig,
@@ -23,6 +24,7 @@ from .server import (
     ServerConfig,
     TLSConfig,
     load_servers,
+    read_servers,
 )
 from .size import format_size, parse_size
 
@@ -31,6 +33,7 @@ __all__ = [
     "load_config",
     "describe_server",
     "ConfigError",
+    "ConfigErrors",
     "ConfigWarning",
     "NetworkSet",
     "parse_size",
@@ -44,6 +47,7 @@ __all__ = [
     "DomainListConfig",
     "load_servers",
     "load_domainlist",
+    "collect_config",
 ]
 
 SMTP_FILE = "smtpserver.xml"
@@ -66,22 +70,47 @@ class Config:
 
 
 def load_config(conf_dir: str | os.PathLike[str]) -> Config:
-    """Read ``smtpserver.xml``, ``lmtpserver.xml`` (optional) and ``domainlist.xml`` (optional)."""
+    """Read ``smtpserver.xml``, ``lmtpserver.xml`` (optional) and ``domainlist.xml`` (optional).
+
+    Every error of every file is raised at once (:class:`ConfigErrors` when there are
+    several), so that the operator fixes them in one round."""
+    config, errors = collect_config(conf_dir)
+    if errors or config is None:
+        raise ConfigErrors.of(errors)
+    return config
+
+
+def collect_config(conf_dir: str | os.PathLike[str]) -> tuple[Config | None, list[ConfigError]]:
+    """:func:`load_config` that returns the errors instead of raising them: every file is
+    read and every block of a server file checked to its end, so that
+    ``chainmail check-config`` reports them all in one pass.  The :class:`Config` holds
+    what could be read, bad values as their defaults (None when the directory does not
+    exist)."""
     conf = os.fspath(conf_dir)
     if not os.path.isdir(conf):
-        raise ConfigError(conf, None, "", "configuration directory not found; expected a directory containing smtpserver.xml")
+        return None, [ConfigError(conf, None, "", "configuration directory not found; expected "
+                                  "a directory containing smtpserver.xml")]
+    errors: list[ConfigError] = []
     warnings: list[ConfigWarning] = []
     smtp_path = os.path.join(conf, SMTP_FILE)
-    smtp, w = load_servers(smtp_path, "smtp", conf)
+    smtp, w, e = read_servers(smtp_path, "smtp", conf)
     warnings.extend(w)
+    errors.extend(e)
     if not os.path.exists(smtp_path):
         warnings.append(ConfigWarning(smtp_path, None, "", "file not found; no SMTP server is configured"))
-    lmtp, w = load_servers(os.path.join(conf, LMTP_FILE), "lmtp", conf)
+    lmtp, w, e = read_servers(os.path.join(conf, LMTP_FILE), "lmtp", conf)
     warnings.extend(w)
-    domainlist, w = load_domainlist(os.path.join(conf, DOMAINLIST_FILE))
+    errors.extend(e)
+    domainlist, w, e = read_domainlist(os.path.join(conf, DOMAINLIST_FILE))
     warnings.extend(w)
-    _check_across(smtp + lmtp)
-    return Config(conf_dir=conf, smtp_servers=smtp, lmtp_servers=lmtp, domainlist=domainlist, warnings=tuple(warnings))
+    errors.extend(e)
+    if not errors:   # a block read with defaults for its bad values would clash for nothing
+        try:
+            _check_across(smtp + lmtp)
+        except ConfigError as exc:
+            errors.append(exc)
+    return Config(conf_dir=conf, smtp_servers=smtp, lmtp_servers=lmtp, domainlist=domainlist,
+                  warnings=tuple(warnings)), errors
 
 
 def _check_across(servers: tuple[ServerConfig, ...]) -> None:

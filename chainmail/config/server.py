@@ -14,15 +14,14 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from lxml import etree
 
-from .errors import ConfigError, ConfigWarning
+from .errors import ConfigError, ConfigErrors, ConfigWarning
 from .netmatch import NetworkSet
 from .size import parse_size
-from .xml import Reader, children_named, elements, first_child, parse_file, text_of
+from .xml import Reader, children_named, element_parameters, first_child, parse_file, text_of
 
 __all__ = [
     "BindAddress",
@@ -33,7 +32,9 @@ __all__ = [
     "AuthConfig",
     "ServerConfig",
     "load_servers",
+    "read_servers",
     "parse_servers",
+    "collect_servers",
     "resolve_path",
     "SMTP_CORE_PACKAGE",
     "LMTP_CORE_PACKAGE",
@@ -81,7 +82,8 @@ class HandlerSpec:
 
     ``params`` maps the handler's child element names to their text (repeated
     elements joined with ``,``; grandchildren also appear as ``parent.child``).
-    The raw element is kept for handlers that need nested structure.
+    The raw element is kept for handlers that need nested structure.  ``params`` is a
+    :class:`~chainmail.config.xml.Parameters`: it knows each parameter's line.
     """
 
     name: str
@@ -250,24 +252,51 @@ def load_servers(
 
     A missing file gives ``((), [])``: the caller decides whether that is fatal.
     ``conf_dir`` (default: the file's directory) anchors relative TLS paths; James
-    ``file://`` URLs are relative to its parent, the James home.
+    ``file://`` URLs are relative to its parent, the James home.  Every error of the file
+    is raised at once (:class:`ConfigErrors` when there are several).
     """
+    servers, warnings, errors = read_servers(path, kind, conf_dir)
+    if errors:
+        raise ConfigErrors.of(errors)
+    return servers, warnings
+
+
+def read_servers(
+    path: str | os.PathLike[str], kind: str = "smtp", conf_dir: str | os.PathLike[str] | None = None,
+) -> tuple[tuple[ServerConfig, ...], list[ConfigWarning], list[ConfigError]]:
+    """:func:`load_servers` that returns the errors instead of raising them, with every
+    block that could be parsed (bad values read as their defaults) so that its handler
+    chain can still be checked."""
     file = os.fspath(path)
     if kind not in DEFAULT_PORTS:
         raise ValueError(f"kind must be 'smtp' or 'lmtp', not {kind!r}")
     if not os.path.exists(file):
-        return (), []
+        return (), [], []
     if conf_dir is None:
         conf_dir = os.path.dirname(os.path.abspath(file))
-    root = parse_file(file)
-    return parse_servers(root, file, kind=kind, conf_dir=os.fspath(conf_dir))
+    try:
+        root = parse_file(file)
+    except ConfigError as exc:   # not well-formed: nothing more can be read
+        return (), [], [exc]
+    return collect_servers(root, file, kind=kind, conf_dir=os.fspath(conf_dir))
 
 
 def parse_servers(
     root: etree._Element, file: str, *, kind: str = "smtp", conf_dir: str = ".",
 ) -> tuple[tuple[ServerConfig, ...], list[ConfigWarning]]:
-    """Build the server configs from an already parsed document root."""
-    reader = Reader(file)
+    """Build the server configs from an already parsed document root; raise every error."""
+    servers, warnings, errors = collect_servers(root, file, kind=kind, conf_dir=conf_dir)
+    if errors:
+        raise ConfigErrors.of(errors)
+    return servers, warnings
+
+
+def collect_servers(
+    root: etree._Element, file: str, *, kind: str = "smtp", conf_dir: str = ".",
+) -> tuple[tuple[ServerConfig, ...], list[ConfigWarning], list[ConfigError]]:
+    """Every block of the document, every warning and every error, in one pass: a bad
+    value is reported and read as its default, so that the rest of the block is checked."""
+    reader = Reader(file, collect=True)
     block_tag = f"{kind}server"
     list_tag = f"{kind}servers"
     if root.tag == list_tag:
@@ -278,52 +307,60 @@ def parse_servers(
     elif root.tag == block_tag:
         blocks = [root]
     else:
-        raise reader.error(
+        reader.fail(
             root, str(root.tag),
             f"unexpected root element; expected <{list_tag}> containing <{block_tag}> blocks",
         )
+        return (), reader.warnings, reader.errors
 
     servers: list[ServerConfig] = []
+    clean: list[ServerConfig] = []   # blocks without errors: only they are compared
     for block in blocks:
-        enabled = reader.attr_bool(block, "enabled", True)
+        before = len(reader.errors)
+        enabled = reader.attr_bool(block, "enabled", True)   # a bad value reads as true
         if not enabled:
-            try:
-                servers.append(_parse_block(reader, block, kind, conf_dir, enabled=False))
-            except ConfigError as exc:
-                reader.warn(
-                    block, block_tag,
-                    f"disabled server block is not used and contains an error: {exc}",
-                )
+            inner = Reader(file, collect=True)
+            server = _parse_block(inner, block, kind, conf_dir, enabled=False)
+            reader.warnings.extend(inner.warnings)
+            for exc in inner.errors:
+                reader.warn(exc.line or block.sourceline, block_tag,
+                            f"disabled server block is not used and contains an error: {exc}")
+            if not inner.errors:
+                servers.append(server)
             continue
-        servers.append(_parse_block(reader, block, kind, conf_dir, enabled=True))
+        server = _parse_block(reader, block, kind, conf_dir, enabled=True)
+        servers.append(server)
+        if len(reader.errors) == before:
+            clean.append(server)
 
-    _check_unique([s for s in servers if s.enabled])
+    _check_unique(reader, clean)
     warnings = sorted(reader.warnings, key=lambda w: w.line or 0)
-    return tuple(servers), warnings
+    errors = sorted(reader.errors, key=lambda e: e.line or 0)
+    return tuple(servers), warnings, errors
 
 
-def _check_unique(servers: list[ServerConfig]) -> None:
+def _check_unique(reader: Reader, servers: list[ServerConfig]) -> None:
     names: dict[str, ServerConfig] = {}
     binds: dict[tuple[str, int], ServerConfig] = {}
     for server in servers:
         if server.name in names:
-            raise ConfigError(
+            reader.record(ConfigError(
                 server.file, server.line, "jmxName",
                 f"{server.name!r} is already used by the server at line {names[server.name].line}; "
                 f"expected a distinct <jmxName> for every enabled server block",
-            )
-        names[server.name] = server
+            ))
+        names.setdefault(server.name, server)
         for addr in server.bind:
             if addr.port == 0:
                 continue
             key = (addr.host, addr.port)
             if key in binds:
-                raise ConfigError(
+                reader.record(ConfigError(
                     server.file, server.line, "bind",
                     f"{addr} is already bound by the server at line {binds[key].line}; "
                     f"expected a distinct host:port for every enabled server block",
-                )
-            binds[key] = server
+                ))
+            binds.setdefault(key, server)
 
 
 def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str, *, enabled: bool) -> ServerConfig:
@@ -370,10 +407,11 @@ def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str
     elif low is not None and high is None:
         high = low
     if high is not None and low is not None and low > high:
-        raise reader.error(
+        reader.fail(
             first_child(block, "lowWriteBufferWaterMark"), "lowWriteBufferWaterMark",
             f"{low} bytes is above highWriteBufferWaterMark ({high} bytes); expected low <= high",
         )
+        low = high
 
     tls = _parse_tls(reader, block, conf_dir)
 
@@ -382,10 +420,11 @@ def _parse_block(reader: Reader, block: etree._Element, kind: str, conf_dir: str
         max_message_size = 0
     max_line_length = reader.child_int(block, "maxLineLength", 8192, minimum=None)
     if not MIN_LINE_LENGTH <= max_line_length <= MAX_LINE_LENGTH:
-        raise reader.error(
+        reader.fail(
             first_child(block, "maxLineLength"), "maxLineLength",
             f"maxLineLength must be between {MIN_LINE_LENGTH} and {MAX_LINE_LENGTH}; got {max_line_length}",
         )
+        max_line_length = 8192
     handler_timeout = reader.child_float(block, "handlerTimeout", 30.0, minimum=0.0)
     busy_poll = reader.child_int(block, "busyPoll", 100, minimum=0, maximum=MAX_BUSY_POLL)
     bare_newline = _parse_bare_newline(reader, block)
@@ -508,17 +547,20 @@ def _parse_bind(reader: Reader, block: etree._Element, default_port: int) -> tup
     text = text_of(el)
     items = [i.strip() for i in text.split(",") if i.strip()]
     if not items:
-        raise reader.error(el, "bind", f"is empty; {_BIND_EXPECTED}")
+        reader.fail(el, "bind", f"is empty; {_BIND_EXPECTED}")
+        return (BindAddress("0.0.0.0", default_port),)
     out: list[BindAddress] = []
     for item in items:
         try:
             addr = parse_bind_item(item)
         except ValueError as exc:
-            raise reader.error(el, "bind", str(exc)) from None
+            reader.fail(el, "bind", str(exc))
+            continue
         if addr in out:
-            raise reader.error(el, "bind", f"{item!r} is listed twice; expected each host:port once")
+            reader.fail(el, "bind", f"{item!r} is listed twice; expected each host:port once")
+            continue
         out.append(addr)
-    return tuple(out)
+    return tuple(out) or (BindAddress("0.0.0.0", default_port),)
 
 
 def _parse_hello_name(reader: Reader, block: etree._Element) -> tuple[str, bool]:
@@ -554,7 +596,8 @@ def _child_size(reader: Reader, block: etree._Element, tag: str, default_unit: s
     try:
         return parse_size(text_of(el), default_unit)
     except ValueError as exc:
-        raise reader.error(el, tag, str(exc)) from None
+        reader.fail(el, tag, str(exc))
+        return None
 
 
 def _parse_bare_newline(reader: Reader, block: etree._Element) -> str:
@@ -566,11 +609,12 @@ def _parse_bare_newline(reader: Reader, block: etree._Element) -> str:
     value = text_of(el).lower()
     mapping = {"reject": "reject", "yes": "reject", "true": "reject", "normalize": "normalize"}
     if value not in mapping:
-        raise reader.error(
+        reader.fail(
             el, "forbidBareNewline",
             f"{text_of(el)!r} is not a valid mode; expected reject or normalize "
             "(bare CR, bare LF and NUL are never passed on)",
         )
+        return "reject"
     return mapping[value]
 
 
@@ -581,10 +625,11 @@ def _parse_verify_identity(reader: Reader, block: etree._Element) -> str:
     value = text_of(el).lower()
     mapping = {"true": "strict", "strict": "strict", "relaxed": "relaxed", "false": "disabled", "disabled": "disabled"}
     if value not in mapping:
-        raise reader.error(
+        reader.fail(
             el, "verifyIdentity",
             f"{text_of(el)!r} is not a valid mode; expected strict, relaxed or disabled (true = strict, false = disabled)",
         )
+        return "strict"
     return mapping[value]
 
 
@@ -614,7 +659,7 @@ def _parse_auth(reader: Reader, block: etree._Element) -> AuthConfig:
                     announce = mode
                     break
             else:
-                raise reader.error(
+                reader.fail(
                     ann_el, "announce",
                     f"{value!r} is not a valid announce mode; expected never, always or forUnauthorizedAddresses",
                 )
@@ -630,18 +675,21 @@ def _parse_auth(reader: Reader, block: etree._Element) -> AuthConfig:
     return AuthConfig(announce=announce, require_ssl=require_ssl, plain_auth_enabled=plain, required=required, oidc=oidc)
 
 
-def _parse_oidc(reader: Reader, el: etree._Element) -> OidcConfig:
+def _parse_oidc(reader: Reader, el: etree._Element) -> OidcConfig | None:
+    """None (after reporting why) when the section has an error."""
+    before = len(reader.errors)
     reader.check_children(el, _OIDC_ELEMENTS, where="oidc")
     values: dict[str, str] = {}
     for tag, is_url in _OIDC_MANDATORY:
         child = first_child(el, tag)
         value = text_of(child)
         if not value:
-            raise reader.error(
+            reader.fail(
                 child if child is not None else el, "oidc",
                 f"<{tag}> is mandatory inside <oidc>; expected <oidcConfigurationURL>, <jwksURL>, "
                 f"<claim>, <scope> and <aud> to be set",
             )
+            continue
         if is_url:
             _check_url(reader, child, tag, value)
         values[tag] = value
@@ -659,15 +707,20 @@ def _parse_oidc(reader: Reader, el: etree._Element) -> OidcConfig:
             _check_url(reader, child, f"{parent_tag}.{tag}", value)
         return value
 
+    introspection_url = nested("introspection", "url", url=True)
+    introspection_auth = nested("introspection", "auth", url=False)
+    userinfo_url = nested("userinfo", "url", url=True)
+    if len(reader.errors) > before:
+        return None
     return OidcConfig(
         oidc_configuration_url=values["oidcConfigurationURL"],
         jwks_url=values["jwksURL"],
         claim=values["claim"],
         scope=values["scope"],
         aud=values["aud"],
-        introspection_url=nested("introspection", "url", url=True),
-        introspection_auth=nested("introspection", "auth", url=False),
-        userinfo_url=nested("userinfo", "url", url=True),
+        introspection_url=introspection_url,
+        introspection_auth=introspection_auth,
+        userinfo_url=userinfo_url,
     )
 
 
@@ -679,7 +732,7 @@ def _check_url(reader: Reader, el: etree._Element, tag: str, value: str) -> None
     except ValueError:
         parts = None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        raise reader.error(el, tag, f"{value!r} is not a valid URL; expected an absolute http:// or https:// URL")
+        reader.fail(el, tag, f"{value!r} is not a valid URL; expected an absolute http:// or https:// URL")
 
 
 # -- TLS --------------------------------------------------------------------------------------
@@ -716,9 +769,12 @@ def resolve_path(value: str, conf_dir: str) -> str:
 
 
 def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfig:
+    """A ``<tls>`` with an error is reported and read as no TLS, so that its key material
+    is not opened too (that would only report the same mistake again)."""
     el = first_child(block, "tls")
     if el is None:
         return TLSConfig(file=reader.file, line=block.sourceline or 0)
+    before = len(reader.errors)
     for attr in el.attrib:
         if attr not in ("socketTLS", "startTLS"):
             reader.warn(el, f"tls[@{attr}]", "unknown attribute is ignored; expected socketTLS and/or startTLS")
@@ -727,7 +783,7 @@ def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfi
     start_tls = reader.attr_bool(el, "startTLS", False)
     enabled = socket_tls or start_tls
     if socket_tls and start_tls:
-        raise reader.error(
+        reader.fail(
             el, "tls",
             "startTLS is only supported when using plain sockets; expected socketTLS=\"true\" (implicit TLS) "
             "or startTLS=\"true\" (STARTTLS), not both",
@@ -742,7 +798,7 @@ def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfi
             return resolve_path(value, conf_dir)
         except ValueError as exc:
             if enabled:
-                raise reader.error(child, tag, str(exc)) from None
+                reader.fail(child, tag, str(exc))
             return value
 
     def words(parent_tag: str, child_tag: str) -> tuple[str, ...]:
@@ -781,9 +837,10 @@ def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfi
                 certificates=path_of(cert_el, "certificates"),
                 file=reader.file, line=cert_el.sourceline or 0)
             if entry.keystore is None and (entry.private_key is None or entry.certificates is None):
-                raise reader.error(cert_el, "sni/certificate",
-                                   "no key material; expected a <keystore>, or <privateKey> and "
-                                   "<certificates>")
+                reader.fail(cert_el, "sni/certificate",
+                            "no key material; expected a <keystore>, or <privateKey> and "
+                            "<certificates>")
+                continue
             sni.append(entry)
     session_cache = first_child(el, "sessionCache")
     if session_cache is not None:
@@ -799,7 +856,9 @@ def _parse_tls(reader: Reader, block: etree._Element, conf_dir: str) -> TLSConfi
             else:
                 msg = (f"{mode} is enabled but no key material is configured; "
                        f"expected a <keystore>, or <privateKey> and <certificates>")
-            raise reader.error(el, "tls", msg)
+            reader.fail(el, "tls", msg)
+    if len(reader.errors) > before:
+        return TLSConfig(file=reader.file, line=el.sourceline or 0)
 
     return TLSConfig(
         socket_tls=socket_tls,
@@ -839,27 +898,8 @@ def _parse_handlerchain(reader: Reader, block: etree._Element, kind: str) -> Han
     for h in children_named(el, "handler"):
         name = (h.get("class") or "").strip()
         if not name:
-            raise reader.error(h, "handler", "needs a class attribute; expected <handler class=\"...\">")
-        handlers.append(HandlerSpec(name=name, params=_handler_params(h), element=h, file=reader.file, line=h.sourceline or 0))
+            reader.fail(h, "handler", "needs a class attribute; expected <handler class=\"...\">")
+            continue
+        handlers.append(HandlerSpec(name=name, params=element_parameters(h), element=h, file=reader.file,
+                                    line=h.sourceline or 0))
     return HandlerChainConfig(core_package=core, handlers=tuple(handlers), enable_jmx=enable_jmx, file=reader.file, line=el.sourceline or 0)
-
-
-def _handler_params(h: etree._Element) -> Mapping[str, str]:
-    params: dict[str, str] = {}
-
-    def add(key: str, value: str) -> None:
-        if key in params:
-            params[key] = f"{params[key]},{value}"
-        else:
-            params[key] = value
-
-    def walk(el: etree._Element, prefix: str) -> None:
-        for child in elements(el):
-            key = f"{prefix}{child.tag}"
-            has_children = next(elements(child), None) is not None
-            if not has_children or text_of(child):
-                add(key, text_of(child))
-            walk(child, key + ".")
-
-    walk(h, "")
-    return MappingProxyType(params)

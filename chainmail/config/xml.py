@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar, overload
 
 from lxml import etree
 
-from .errors import ConfigError, ConfigWarning
+from .errors import ConfigError, ConfigErrors, ConfigWarning
+
+_T = TypeVar("_T")
 
 __all__ = [
     "make_parser",
@@ -24,6 +27,8 @@ __all__ = [
     "children_named",
     "text_of",
     "parse_bool",
+    "Parameters",
+    "element_parameters",
     "Reader",
 ]
 
@@ -105,7 +110,10 @@ def text_of(el: etree._Element | None) -> str:
 
 
 def parse_bool(value: str) -> bool:
-    """``true``/``false`` (case-insensitive, surrounding blanks ignored); else ``ValueError``."""
+    """``true``/``false`` (case-insensitive, surrounding blanks ignored); else ``ValueError``.
+
+    The one boolean rule of every file and plugin parameter (James's mailets accept only
+    these two words too); the message says what is expected."""
     v = value.strip().lower()
     if v == "true":
         return True
@@ -114,20 +122,100 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not a boolean; expected true or false")
 
 
+class Parameters(Mapping[str, str]):
+    """A plugin's parameters (its element's children) that remember the line of each, so
+    that a warning or an error about one parameter names that parameter's own line."""
+
+    def __init__(self, values: Mapping[str, str] | None = None,
+                 lines: Mapping[str, int] | None = None) -> None:
+        self._values = dict(values or {})
+        self._lines = dict(lines or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Parameters({self._values!r})"
+
+    def line_of(self, key: str) -> int | None:
+        """The line of the (first) element ``key`` was read from; None when not known."""
+        return self._lines.get(key)
+
+    def without(self, *keys: str) -> "Parameters":
+        return Parameters({k: v for k, v in self._values.items() if k not in keys},
+                          {k: v for k, v in self._lines.items() if k not in keys})
+
+
+def element_parameters(el: etree._Element) -> Parameters:
+    """The children of ``el`` as parameters: element name to text, repeated elements joined
+    with ``,``, grandchildren also as ``parent.child``; each with its line."""
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+
+    def walk(node: etree._Element, prefix: str) -> None:
+        for child in elements(node):
+            key = f"{prefix}{child.tag}"
+            has_children = next(elements(child), None) is not None
+            if not has_children or text_of(child):
+                values[key] = f"{values[key]},{text_of(child)}" if key in values else text_of(child)
+                if child.sourceline is not None:
+                    lines.setdefault(key, child.sourceline)
+            walk(child, key + ".")
+
+    walk(el, "")
+    return Parameters(values, lines)
+
+
 class Reader:
     """Typed access to one file's elements, collecting warnings as it goes.
 
-    Errors raise :class:`ConfigError` immediately with the element's line.
+    Errors raise :class:`ConfigError` with the element's line, unless the reader was made
+    with ``collect=True``: then every error is kept in ``errors``, a bad value is read as
+    its default and reading goes on, so that one pass finds them all; the caller ends with
+    :meth:`raise_errors`.
     """
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, *, collect: bool = False) -> None:
         self.file = str(file)
+        self.collect = collect
         self.warnings: list[ConfigWarning] = []
+        self.errors: list[ConfigError] = []
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, el: etree._Element | int | None, element: str, message: str) -> ConfigError:
         line = el if isinstance(el, int) or el is None else el.sourceline
         return ConfigError(self.file, line, element, message)
+
+    def fail(self, el: etree._Element | int | None, element: str, message: str) -> None:
+        """Report an error: kept when collecting, else raised."""
+        self.record(self.error(el, element, message))
+
+    def record(self, error: ConfigError) -> None:
+        if not self.collect:
+            raise error
+        self.errors.append(error)
+
+    def attempt(self, make: Callable[[], _T], default: _T) -> _T:
+        """``make()``; when collecting, a :class:`ConfigError` it raises is kept and
+        ``default`` returned (for parts that cannot go on after their own first error)."""
+        if not self.collect:
+            return make()
+        try:
+            return make()
+        except ConfigError as exc:
+            self.errors.append(exc)
+            return default
+
+    def raise_errors(self) -> None:
+        """Raise what was collected: the error itself, or :class:`ConfigErrors`."""
+        if self.errors:
+            raise ConfigErrors.of(self.errors)
 
     def warn(self, el: etree._Element | int | None, element: str, message: str) -> None:
         line = el if isinstance(el, int) or el is None else el.sourceline
@@ -171,17 +259,18 @@ class Reader:
             self.warn(parent, parent.tag, f"unexpected text {parent.text.strip()!r} is ignored")
 
     # -- typed values ----------------------------------------------------------------------
-    def bool_value(self, el: etree._Element, value: str, element: str) -> bool:
+    def bool_value(self, el: etree._Element, value: str, element: str, default: bool = False) -> bool:
         try:
             return parse_bool(value)
         except ValueError as exc:
-            raise self.error(el, element, str(exc)) from None
+            self.fail(el, element, str(exc))
+            return default
 
     def attr_bool(self, el: etree._Element, name: str, default: bool) -> bool:
         value = el.get(name)
         if value is None:
             return default
-        return self.bool_value(el, value, f"{el.tag}[@{name}]")
+        return self.bool_value(el, value, f"{el.tag}[@{name}]", default)
 
     def child_text(self, parent: etree._Element, tag: str, default: str | None = None) -> str | None:
         el = first_child(parent, tag)
@@ -193,18 +282,29 @@ class Reader:
         el = first_child(parent, tag)
         if el is None:
             return default
-        return self.bool_value(el, text_of(el), tag)
+        return self.bool_value(el, text_of(el), tag, default)
 
     def int_value(
         self, el: etree._Element, value: str, element: str, *, minimum: int | None = 0, maximum: int | None = None,
-    ) -> int:
+    ) -> int | None:
+        """The integer, or None after reporting why it is not one."""
         v = value.strip()
         if not _INT_RE.match(v):
-            raise self.error(el, element, f"{value!r} is not an integer; expected {_int_range(minimum, maximum)}")
+            self.fail(el, element, f"{value!r} is not an integer; expected {_int_range(minimum, maximum)}")
+            return None
         n = int(v)
         if (minimum is not None and n < minimum) or (maximum is not None and n > maximum):
-            raise self.error(el, element, f"{n} is out of range; expected {_int_range(minimum, maximum)}")
+            self.fail(el, element, f"{n} is out of range; expected {_int_range(minimum, maximum)}")
+            return None
         return n
+
+    @overload
+    def child_int(self, parent: etree._Element, tag: str, default: int, *,
+                  minimum: int | None = 0, maximum: int | None = None) -> int: ...
+
+    @overload
+    def child_int(self, parent: etree._Element, tag: str, default: None, *,
+                  minimum: int | None = 0, maximum: int | None = None) -> int | None: ...
 
     def child_int(
         self, parent: etree._Element, tag: str, default: int | None, *, minimum: int | None = 0, maximum: int | None = None,
@@ -212,7 +312,8 @@ class Reader:
         el = first_child(parent, tag)
         if el is None:
             return default
-        return self.int_value(el, text_of(el), tag, minimum=minimum, maximum=maximum)
+        n = self.int_value(el, text_of(el), tag, minimum=minimum, maximum=maximum)
+        return default if n is None else n
 
     def child_float(self, parent: etree._Element, tag: str, default: float, *, minimum: float = 0.0) -> float:
         el = first_child(parent, tag)
@@ -220,10 +321,12 @@ class Reader:
             return default
         v = text_of(el)
         if not _FLOAT_RE.match(v):
-            raise self.error(el, tag, f"{v!r} is not a number; expected a number of seconds >= {minimum:g}")
+            self.fail(el, tag, f"{v!r} is not a number; expected a number of seconds >= {minimum:g}")
+            return default
         n = float(v)
         if n < minimum:
-            raise self.error(el, tag, f"{v} is out of range; expected a number of seconds >= {minimum:g}")
+            self.fail(el, tag, f"{v} is out of range; expected a number of seconds >= {minimum:g}")
+            return default
         return n
 
 

@@ -1,9 +1,13 @@
 """The mailet container: processors of matchers and mailets, fed by spool workers.
 
-- :mod:`chainmail.mailet.api`: :class:`Mail`, matcher and mailet base classes, configs;
+- :mod:`chainmail.mailet.api`: :class:`Mail`, matcher and mailet base classes, configs, the
+  ``MailetContext`` protocol;
 - :mod:`chainmail.mailet.config`: ``mailetcontainer.xml``;
 - :mod:`chainmail.mailet.engine`: processors, routing, entry-point resolution;
-- :mod:`chainmail.mailet.context`: the mailet context (stores, sending, bouncing);
+- :mod:`chainmail.mailet.outbox`: where mail sent during processing is collected;
+- :mod:`chainmail.mailet.context`: the container's context (stores, sending, bouncing);
+- :mod:`chainmail.mailet.spoolcodec`: a mail to and from its spool entry;
+- :mod:`chainmail.mailet.dsn`: delivery status notifications;
 - :mod:`chainmail.mailet.spooler`: spool workers;
 - :mod:`chainmail.mailet.repository`: mail repositories.
 
@@ -42,7 +46,7 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
     configuration errors are raised here, before the server starts) and the spooler."""
     from chainmail.store.mailbox import MaildirStore
 
-    from .context import MailetContext
+    from .context import ContainerContext
     from .engine import build_engine
     from .repository import RepositoryStore
     from .spooler import POLL_INTERVAL, MailSpooler
@@ -52,14 +56,14 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
     hostname = smtp[0].hello_name if smtp else None
     mailboxes = MaildirStore(os.path.join(var, "mail"), os.path.join(var, "chainmail.db"))
     try:
-        context = MailetContext(
+        context = ContainerContext(
             domains=domains, users=users, rrt=rrt, mailboxes=mailboxes,
             repositories=RepositoryStore(var), spool=spool, postmaster=_postmaster(config, domains),
             hostname=hostname,
             auth_networks={s.name: s.authorized_addresses for s in servers
                            if getattr(s, "authorized_addresses", None) is not None},
             conf_dir=conf if conf is not None else os.path.dirname(config.file or "") or "conf",
-            var_dir=var)
+            var_dir=var, states=config.states)
         engine = build_engine(config, context)
         spooler = MailSpooler(spool, engine, context, threads=config.threads,
                               error_repository=config.error_repository,

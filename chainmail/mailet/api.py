@@ -28,20 +28,22 @@ import re
 from dataclasses import dataclass, field
 from email.header import Header
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Protocol, runtime_checkable
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Collection, Iterable, Mapping,
+                    Protocol, runtime_checkable)
 
 from ..config.errors import ConfigError
+from ..plugin_loader import ParameterReader, parse_bool
 from ..protocol.lineends import head_end
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .context import MailetContext
+    import logging
 
 __all__ = [
     "ROOT", "TRANSPORT", "ERROR", "GHOST",
     "ATTR_SENT_BY_MAILET", "ATTR_ERROR", "ATTR_HOPS", "ATTR_ARRIVAL",
     "Mail", "MailetConfig", "MatcherConfig", "Matcher", "Mailet",
     "GenericMatcher", "GenericRecipientMatcher", "GenericMailet", "MailetError",
-    "parse_bool",
+    "MailetContext", "Repository", "parse_bool",
 ]
 
 #: Processor names with a meaning of their own.
@@ -139,7 +141,7 @@ class Mail:
         self.error_count = error_count
         self.hops = hops
         self._content = bytes(content)
-        self._message = None
+        self._message: email.message.EmailMessage | None = None
         self._field_cache: list[tuple[str, bytes]] | None = None   # parsed once per content
         self.trace: list[str] = []  # processors visited (for logs and tests; not persisted)
 
@@ -176,7 +178,7 @@ class Mail:
     def set_content(self, content: bytes) -> None:
         self._content = bytes(content)
         self._message = None
-        self._field_cache: list[tuple[str, bytes]] | None = None   # parsed once per content
+        self._field_cache = None
 
     @property
     def size(self) -> int:
@@ -326,21 +328,13 @@ def _copy_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- configuration
 
 
-def parse_bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "yes", "1"):
-        return True
-    if v in ("false", "no", "0"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean; expected true or false")
-
-
 @dataclass(frozen=True)
-class MailetConfig:
+class MailetConfig(ParameterReader):
     """What a mailet gets in ``init()``: its own ``<mailet>`` element's parameters.
 
     Parameters are the child elements (dotted names for nested ones, repeated elements
-    joined with ``,``).  The typed getters raise :class:`ConfigError` naming file and line.
+    joined with ``,``).  ``get``, ``require``, ``get_bool``, ``get_int`` and ``get_list``
+    read them; a bad value raises :class:`ConfigError` naming file and line.
     """
 
     name: str                      # the class as written in the XML
@@ -350,46 +344,7 @@ class MailetConfig:
     file: str = ""
     line: int | None = None
 
-    def get(self, key: str, default: str | None = None) -> str | None:
-        value = self.params.get(key)
-        return default if value is None else value
-
-    def require(self, key: str) -> str:
-        value = self.params.get(key)
-        if value is None or not value.strip():
-            raise self.error(key, "is required")
-        return value
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(self.file, self.line, f"mailet {self.name}: {key}", message)
-
-    def get_bool(self, key: str, default: bool) -> bool:
-        value = self.params.get(key)
-        if value is None or not value.strip():
-            return default
-        try:
-            return parse_bool(value)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
-
-    def get_int(self, key: str, default: int, minimum: int | None = 0) -> int:
-        value = self.params.get(key)
-        if value is None or not value.strip():
-            return default
-        try:
-            number = int(value.strip())
-        except ValueError:
-            raise self.error(key, f"{value!r} is not an integer") from None
-        if minimum is not None and number < minimum:
-            raise self.error(key, f"{number} is below the minimum {minimum}")
-        return number
-
-    def get_list(self, key: str, default: Iterable[str] = ()) -> list[str]:
-        """A comma-separated list (blanks around items ignored, empty items dropped)."""
-        value = self.params.get(key)
-        if value is None:
-            return list(default)
-        return [item.strip() for item in value.split(",") if item.strip()]
+    kind = "mailet"
 
 
 @dataclass(frozen=True)
@@ -418,25 +373,150 @@ EMPTY_PARAMS: Mapping[str, str] = MappingProxyType({})
 # -------------------------------------------------------------------------------- protocols
 
 
+class Repository(Protocol):
+    """A mail repository as a mailet sees it (``context.repository(url)``).  Every method
+    blocks: call it through ``context.run_blocking``."""
+
+    @property
+    def url(self) -> str: ...
+
+    def store(self, mail: Mail) -> str:
+        """Store ``mail`` durably; return its key."""
+        ...
+
+    def remove(self, key: str) -> bool: ...
+
+    def keys(self) -> list[str]: ...
+
+    def retrieve(self, key: str) -> Mail: ...
+
+
+class MailetContext(Protocol):
+    """What a matcher or mailet may ask of the container (James's ``MailetContext``):
+    ``self.context`` in :class:`GenericMailet` and :class:`GenericMatcher`.
+
+    A protocol, so that mailets depend on this contract and not on the container that
+    implements it (:class:`chainmail.mailet.context.ContainerContext`); a test may pass
+    any object with these members."""
+
+    # -- what the container knows
+    @property
+    def postmaster(self) -> str:
+        """The postmaster's address (``user@domain``)."""
+        ...
+
+    @property
+    def default_domain(self) -> str: ...
+
+    @property
+    def hostname(self) -> str:
+        """The name the server gives itself (reports, ``Received`` fields)."""
+        ...
+
+    @property
+    def states(self) -> frozenset[str]:
+        """The container's processors (empty while unknown)."""
+        ...
+
+    @property
+    def conf_dir(self) -> str:
+        """Where a mailet finds its own configuration files."""
+        ...
+
+    @property
+    def var_dir(self) -> str:
+        """The state directory (queues and repositories live under it)."""
+        ...
+
+    @property
+    def log(self) -> logging.Logger: ...
+
+    # stores: the domain list, users, the recipient rewrite table, the Maildirs
+    @property
+    def domains(self) -> Any: ...
+
+    @property
+    def users(self) -> Any: ...
+
+    @property
+    def rrt(self) -> Any: ...
+
+    @property
+    def mailboxes(self) -> Any: ...
+
+    @property
+    def limiter(self) -> Any:
+        """The ``trio.CapacityLimiter`` bounding the container's worker threads."""
+        ...
+
+    @property
+    def claims(self) -> dict[tuple[str, str], Any]:
+        """Named resources (an outgoing queue) by kind and name, and the configuration of
+        the mailet that owns each: a second claim is a configuration error."""
+        ...
+
+    # -- questions
+    def has_processor(self, state: str) -> bool: ...
+
+    def is_local_server(self, domain: str) -> bool: ...
+
+    def is_local_email(self, address: str) -> bool: ...
+
+    def is_auth_network(self, mail: Mail) -> bool: ...
+
+    def repository(self, url: str) -> Repository: ...
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking function in a worker thread (bounded by :attr:`limiter`)."""
+        ...
+
+    # -- sending
+    async def send_mail(self, mail: Mail, state: str | None = None) -> Mail:
+        """Send a copy of ``mail`` through the container again, from processor ``state``."""
+        ...
+
+    async def send_message(self, sender: str, recipients: Iterable[str], content: bytes, *,
+                           state: str = ROOT, attributes: Mapping[str, Any] | None = None,
+                           error_message: str | None = None) -> Mail: ...
+
+    async def send_later(self, mail: Mail, at: float) -> None:
+        """Put ``mail`` back in the spool, not to be processed before ``at`` (epoch s)."""
+        ...
+
+    async def commit(self, mail: Mail, *, extra: Mapping[str, Any] | None = None) -> str:
+        """Durably add ``mail`` to the spool now, in its state; return the spool id."""
+        ...
+
+    async def bounce(self, mail: Mail, message: str | None = None, *, status: str | None = None,
+                     attachment: str = "message", recipients: Iterable[str] | None = None,
+                     state: str = ROOT, details: Mapping[str, str] | None = None,
+                     remote_mta: str | None = None, action: str = "failed") -> Mail | None:
+        """Send an RFC 3464 delivery status notification about ``mail`` to its sender."""
+        ...
+
+
 @runtime_checkable
 class Matcher(Protocol):
     def init(self, config: MatcherConfig) -> None: ...
 
-    def match(self, mail: Mail) -> Collection[str] | None: ...
+    def match(self, mail: Mail) -> Collection[str] | None | Awaitable[Collection[str] | None]: ...
 
 
 @runtime_checkable
 class Mailet(Protocol):
     def init(self, config: MailetConfig) -> None: ...
 
-    def service(self, mail: Mail) -> None: ...
+    def service(self, mail: Mail) -> Awaitable[None] | None: ...
 
 
 class GenericMatcher(abc.ABC):
     """Base class: keeps the configuration; override :meth:`match` (sync or ``async``)."""
 
     config: MatcherConfig
-    context: "MailetContext"
+    context: MailetContext
+    #: True: needs ``Name=condition``; False: takes none (a condition given is warned
+    #: about); None: not declared, nothing is checked.
+    takes_condition: bool | None = None
 
     def init(self, config: MatcherConfig) -> None:
         self.config = config
@@ -451,7 +531,7 @@ class GenericMatcher(abc.ABC):
         return self.config.condition
 
     @abc.abstractmethod
-    def match(self, mail: Mail) -> Collection[str] | None:
+    def match(self, mail: Mail) -> Collection[str] | None | Awaitable[Collection[str] | None]:
         """The recipients of ``mail`` this matcher matches (all, some or none)."""
 
     def destroy(self) -> None:
@@ -473,7 +553,10 @@ class GenericMailet(abc.ABC):
     """Base class: keeps the configuration; override :meth:`service` (sync or ``async``)."""
 
     config: MailetConfig
-    context: "MailetContext"
+    context: MailetContext
+    #: The parameters (child elements) the mailet reads; any other is warned about with
+    #: a suggestion.  None: not declared, nothing is checked (docs/plugins.md).
+    parameters: tuple[str, ...] | None = None
 
     def init(self, config: MailetConfig) -> None:
         self.config = config
@@ -484,7 +567,7 @@ class GenericMailet(abc.ABC):
         """Called by ``init``: read parameters here (``config.get``, ``get_bool`` ...)."""
 
     @abc.abstractmethod
-    def service(self, mail: Mail) -> None:
+    def service(self, mail: Mail) -> Awaitable[None] | None:
         """Act on ``mail``: change it, deliver it, set ``mail.state``, or empty its recipients."""
 
     def destroy(self) -> None:
@@ -492,4 +575,5 @@ class GenericMailet(abc.ABC):
 
     @property
     def info(self) -> str:
-        return type(self).__doc__.strip().splitlines()[0] if type(self).__doc__ else type(self).__name__
+        doc = type(self).__doc__
+        return doc.strip().splitlines()[0] if doc else type(self).__name__

@@ -11,31 +11,64 @@ from ..cli_queue import format_age
 __all__ = ["add_subcommands", "run", "describe_container"]
 
 
-def describe_container(conf: str, var: str) -> list[str]:
+_SECRET_WORDS = ("password", "secret")
+
+
+def _shown(key: str, value: str) -> str:
+    return "****" if any(w in key.lower() for w in _SECRET_WORDS) and value else value
+
+
+def describe_container(conf: str, var: str, errors: list | None = None,
+                       warnings: list | None = None) -> list[str]:
     """``chainmail check-config``: the mailet container, every matcher and mailet resolved
-    (configuration errors raise ``ConfigError`` as at start)."""
+    with the parameters it is given (secrets masked).  Without ``errors`` a configuration
+    error raises ``ConfigError`` as at start; with a list, every error is appended to it
+    and the rest is still described.  Warnings go to ``warnings`` when given, else into
+    the returned lines."""
+    from ..config.errors import ConfigError
     from .config import FILE, load_mailetcontainer
     from .context import MailetContext
     from .engine import build_engine
     from .repository import RepositoryStore
     path = os.path.join(conf, FILE)
-    config = load_mailetcontainer(path)
+    try:
+        config = load_mailetcontainer(path, errors)   # with a list, every error goes there
+    except ConfigError as exc:
+        if errors is None:
+            raise
+        errors.append(exc)
+        config = None
+    if config is None and os.path.exists(path):
+        return ["", f"[mailetcontainer] ({path}): not readable, see the errors"]
     if config is None:
         return ["", f"[mailetcontainer] {path} not found: accepted mail stays in the spool"]
+    found: list = []
     engine = build_engine(config, MailetContext(repositories=RepositoryStore(var),
                                                 postmaster=config.postmaster, conf_dir=conf,
-                                                var_dir=var))
+                                                var_dir=var, states=config.states),
+                         errors=errors, warnings=found)
     out = ["", f"[mailetcontainer] ({path})",
            f"  postmaster = {config.postmaster}", f"  spooler/threads = {config.threads}",
            f"  spooler/errorRepository = {config.error_repository}"]
-    for state, proc in engine.processors.items():
-        out.append(f"  processor {state}:")
-        for i, pair in enumerate(proc.pairs, 1):
-            match = ("not " if pair.invert else "") + pair.match
-            target = f"{type(pair.mailet).__module__}:{type(pair.mailet).__qualname__}"
-            extra = "" if pair.on_mailet_exception == "error" else f" (onMailetException={pair.on_mailet_exception})"
-            out.append(f"    {i:2d}. {match} -> {pair.name} -> {target}{extra}")
-    out += [str(w) for w in config.warnings]
+    for pconf in config.processors:
+        made = {pair.line: pair for pair in engine.processors[pconf.state].pairs}
+        out.append(f"  processor {pconf.state}:")
+        for i, entry in enumerate(pconf.mailets, 1):
+            match = ("not " if entry.invert else "") + entry.matcher.text
+            pair = made.get(entry.line)
+            target = (f"{type(pair.mailet).__module__}:{type(pair.mailet).__qualname__}"
+                      if pair is not None else "(not built: see the errors)")
+            extra = "" if entry.on_mailet_exception == "error" else f" (onMailetException={entry.on_mailet_exception})"
+            if entry.on_match_exception != "error":
+                extra += f" (onMatchException={entry.on_match_exception})"
+            out.append(f"    {i:2d}. {match} -> {entry.class_name} -> {target}{extra}")
+            for key, value in entry.params.items():
+                out.append(f"          {key} = {_shown(key, value)}")
+    config_warnings = [*config.warnings, *found]
+    if warnings is None:
+        out += [str(w) for w in config_warnings]
+    else:
+        warnings.extend(config_warnings)
     return out
 
 
@@ -82,11 +115,12 @@ def run(args, conf: str, var: str) -> int:
             print(f"{store.name_of(repo):<28} {len(repo):>6}  {repo.url}")
         print(f"{len(repos)} repositor{'y' if len(repos) == 1 else 'ies'}")
         return 0
-    repo = store.find(args.name)
-    if repo is None:
+    found = store.find(args.name)
+    if found is None:
         known = ", ".join(store.name_of(r) for r in store.list()) or "none yet"
         print(f"chainmail: no repository {args.name!r} (repositories: {known})", file=sys.stderr)
         return 1
+    repo = found
     if args.action == "show":
         return _show(repo, args.key)
     if args.action == "remove":

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Mapping, Union
 
 from lxml import etree
 
-from ..config.errors import ConfigWarning
-from ..config.xml import Reader, children_named, elements, first_child, parse_file, text_of
+from ..config.errors import ConfigError, ConfigErrors, ConfigWarning
+from ..config.xml import Reader, children_named, element_parameters, elements, first_child, parse_file
 
 __all__ = ["FILE", "DEFAULT_THREADS", "DEFAULT_ERROR_REPOSITORY", "MatcherRef",
            "CompositeMatcherConfig", "MailetEntry", "ProcessorConfig", "MailetContainerConfig",
-           "load_mailetcontainer", "parse_mailetcontainer", "split_match"]
+           "load_mailetcontainer", "parse_mailetcontainer", "collect_mailetcontainer", "split_match"]
 
 FILE = "mailetcontainer.xml"
 #: James's code default is 100 spool threads; its samples use 20.  These are trio tasks.
@@ -75,7 +74,9 @@ class CompositeMatcherConfig:
 
 @dataclass(frozen=True)
 class MailetEntry:
-    """One ``<mailet match|notmatch="..." class="...">``."""
+    """One ``<mailet match|notmatch="..." class="...">``.  ``params`` is a
+    :class:`~chainmail.config.xml.Parameters`: it knows the line of each parameter, so
+    that warnings and errors about one name that parameter's own line."""
 
     class_name: str
     matcher: MatcherRef
@@ -115,36 +116,48 @@ class MailetContainerConfig:
         return tuple(p.state for p in self.processors)
 
 
-def load_mailetcontainer(path: str | os.PathLike[str]) -> MailetContainerConfig | None:
-    """Read ``path``; ``None`` if the file does not exist (no mailet container configured)."""
+def load_mailetcontainer(path: str | os.PathLike[str],
+                         errors: list[ConfigError] | None = None) -> MailetContainerConfig | None:
+    """Read ``path``; ``None`` if the file does not exist (no mailet container configured).
+
+    Every error of the file is raised at once (:class:`ConfigErrors` when there are
+    several); with an ``errors`` list they are appended to it instead and what could be
+    read is returned (None when nothing could), so that ``check-config`` goes on to the
+    mailets and matchers."""
     file = os.fspath(path)
     if not os.path.exists(file):
         return None
-    return parse_mailetcontainer(parse_file(file), file)
-
-
-def _params(el: etree._Element) -> dict[str, str]:
-    params: dict[str, str] = {}
-
-    def add(key: str, value: str) -> None:
-        params[key] = f"{params[key]},{value}" if key in params else value
-
-    def walk(node: etree._Element, prefix: str) -> None:
-        for child in elements(node):
-            key = f"{prefix}{child.tag}"
-            has_children = next(elements(child), None) is not None
-            if not has_children or text_of(child):
-                add(key, text_of(child))
-            walk(child, key + ".")
-
-    walk(el, "")
-    return params
+    try:
+        root = parse_file(file)
+    except ConfigError as exc:
+        if errors is None:
+            raise
+        errors.append(exc)
+        return None
+    config, found = collect_mailetcontainer(root, file)
+    if found and errors is None:
+        raise ConfigErrors.of(found)
+    if errors is not None:
+        errors.extend(found)
+    return config
 
 
 def parse_mailetcontainer(root: etree._Element, file: str) -> MailetContainerConfig:
-    reader = Reader(file)
+    """Build the configuration from a parsed document; every error is raised at once."""
+    config, errors = collect_mailetcontainer(root, file)
+    if errors:
+        raise ConfigErrors.of(errors)
+    return config
+
+
+def collect_mailetcontainer(root: etree._Element, file: str,
+                            ) -> tuple[MailetContainerConfig, list[ConfigError]]:
+    """Every error of the document in one pass: an element with an error is reported and
+    left out, a bad value is read as its default, and the rest is still read."""
+    reader = Reader(file, collect=True)
     if root.tag != "mailetcontainer":
-        raise reader.error(root, root.tag, "expected <mailetcontainer> as the document element")
+        reader.fail(root, root.tag, "expected <mailetcontainer> as the document element")
+        return MailetContainerConfig(file=file, line=root.sourceline), reader.errors
     reader.check_children(root, ("context", "spooler", "processors"),
                           extra={"mailetpackages": "ignored: mailets are found through entry points",
                                  "matcherpackages": "ignored: matchers are found through entry points"})
@@ -154,8 +167,9 @@ def parse_mailetcontainer(root: etree._Element, file: str) -> MailetContainerCon
         reader.check_children(context, ("postmaster",))
         postmaster = reader.child_text(context, "postmaster", "postmaster") or "postmaster"
         if any(c in postmaster for c in " <>\t") or postmaster.count("@") > 1:
-            raise reader.error(first_child(context, "postmaster"), "postmaster",
-                               f"{postmaster!r} is not an address; expected user or user@domain")
+            reader.fail(first_child(context, "postmaster"), "postmaster",
+                        f"{postmaster!r} is not an address; expected user or user@domain")
+            postmaster = "postmaster"
     threads = DEFAULT_THREADS
     error_repository = DEFAULT_ERROR_REPOSITORY
     spooler = first_child(root, "spooler")
@@ -166,32 +180,37 @@ def parse_mailetcontainer(root: etree._Element, file: str) -> MailetContainerCon
     processors: list[ProcessorConfig] = []
     procs_el = first_child(root, "processors")
     if procs_el is None:
-        raise reader.error(root, "processors", "missing; expected <processors> with at least "
-                                               "a <processor state=\"root\">")
-    reader.check_children(procs_el, ("processor",), repeatable=("processor",))
-    seen: dict[str, int | None] = {}
-    for p in children_named(procs_el, "processor"):
-        state = (p.get("state") or "").strip()
-        if not state:
-            raise reader.error(p, "processor", "needs a state attribute; expected "
-                                               "<processor state=\"name\">")
-        if state == "ghost":
-            raise reader.error(p, "processor", "'ghost' is not a processor: it is the state of "
-                                               "finished mail; choose another name")
-        if state in seen:
-            raise reader.error(p, "processor", f"state {state!r} is already defined at line "
-                                               f"{seen[state]}; expected unique states")
-        seen[state] = p.sourceline
-        if p.get("class"):
-            reader.warn(p, "processor[@class]", "ignored: every processor is a list of "
-                                                "matcher/mailet pairs")
-        processors.append(_processor(reader, p, state))
-    if "root" not in seen:
-        raise reader.error(procs_el, "processors", "no <processor state=\"root\">: received "
-                                                   "mail starts there")
+        reader.fail(root, "processors", "missing; expected <processors> with at least "
+                                        "a <processor state=\"root\">")
+    else:
+        reader.check_children(procs_el, ("processor",), repeatable=("processor",))
+        seen: dict[str, int | None] = {}
+        for p in children_named(procs_el, "processor"):
+            state = (p.get("state") or "").strip()
+            if not state:
+                reader.fail(p, "processor", "needs a state attribute; expected "
+                                            "<processor state=\"name\">")
+                continue
+            if state == "ghost":
+                reader.fail(p, "processor", "'ghost' is not a processor: it is the state of "
+                                            "finished mail; choose another name")
+                continue
+            if state in seen:
+                reader.fail(p, "processor", f"state {state!r} is already defined at line "
+                                            f"{seen[state]}; expected unique states")
+                continue
+            seen[state] = p.sourceline
+            if p.get("class"):
+                reader.warn(p, "processor[@class]", "ignored: every processor is a list of "
+                                                    "matcher/mailet pairs")
+            processors.append(_processor(reader, p, state))
+        if "root" not in seen:
+            reader.fail(procs_el, "processors", "no <processor state=\"root\">: received "
+                                                "mail starts there")
     return MailetContainerConfig(file=file, postmaster=postmaster, threads=threads,
                                  error_repository=error_repository, processors=tuple(processors),
-                                 line=root.sourceline, warnings=tuple(reader.warnings))
+                                 line=root.sourceline, warnings=tuple(reader.warnings)), \
+        sorted(reader.errors, key=lambda e: e.line or 0)
 
 
 def _processor(reader: Reader, p: etree._Element, state: str) -> ProcessorConfig:
@@ -201,13 +220,18 @@ def _processor(reader: Reader, p: etree._Element, state: str) -> ProcessorConfig
     for child in elements(p):
         if child.tag == "matcher":
             comp = _composite(reader, child)
+            if comp is None:
+                continue
             if comp.name in names:
-                raise reader.error(child, "matcher", f"composite matcher {comp.name!r} is already "
-                                                     f"defined in processor {state!r}")
+                reader.fail(child, "matcher", f"composite matcher {comp.name!r} is already "
+                                              f"defined in processor {state!r}")
+                continue
             names.add(comp.name)
             composites.append(comp)
         elif child.tag == "mailet":
-            mailets.append(_mailet(reader, child))
+            entry = _mailet(reader, child)
+            if entry is not None:
+                mailets.append(entry)
         else:
             reader.warn(child, child.tag, f"unknown element inside <processor state=\"{state}\"> "
                                           "is ignored; expected <mailet> or <matcher>")
@@ -215,13 +239,15 @@ def _processor(reader: Reader, p: etree._Element, state: str) -> ProcessorConfig
                            line=p.sourceline)
 
 
-def _composite(reader: Reader, el: etree._Element) -> CompositeMatcherConfig:
+def _composite(reader: Reader, el: etree._Element) -> CompositeMatcherConfig | None:
+    """None (after reporting why) when the composite has an error."""
+    before = len(reader.errors)
     name = (el.get("name") or "").strip()
     op = (el.get("match") or "").strip()
     if not name:
-        raise reader.error(el, "matcher", "a composite matcher needs a name attribute")
+        reader.fail(el, "matcher", "a composite matcher needs a name attribute")
     if not op:
-        raise reader.error(el, "matcher", f"composite matcher {name!r} needs match=\"Or|And|Not|Xor\"")
+        reader.fail(el, "matcher", f"composite matcher {name!r} needs match=\"Or|And|Not|Xor\"")
     children: list[MatcherRef | CompositeMatcherConfig] = []
     for child in elements(el):
         if child.tag != "matcher":
@@ -229,39 +255,47 @@ def _composite(reader: Reader, el: etree._Element) -> CompositeMatcherConfig:
                                           "expected <matcher match=\"...\"/>")
             continue
         if child.get("name") is not None and next(elements(child), None) is not None:
-            children.append(_composite(reader, child))
+            inner = _composite(reader, child)
+            if inner is not None:
+                children.append(inner)
             continue
         text = (child.get("match") or "").strip()
         if not text:
-            raise reader.error(child, "matcher", f"a matcher inside {name!r} needs match=\"...\"")
+            reader.fail(child, "matcher", f"a matcher inside {name!r} needs match=\"...\"")
+            continue
         mname, cond = split_match(text)
         children.append(MatcherRef(mname, cond, child.sourceline))
-    if not children:
-        raise reader.error(el, "matcher", f"composite matcher {name!r} has no child <matcher>")
+    if not children and len(reader.errors) == before:
+        reader.fail(el, "matcher", f"composite matcher {name!r} has no child <matcher>")
+    if len(reader.errors) > before:
+        return None
     return CompositeMatcherConfig(name=name, operator=op, children=tuple(children),
                                   line=el.sourceline)
 
 
-def _mailet(reader: Reader, el: etree._Element) -> MailetEntry:
+def _mailet(reader: Reader, el: etree._Element) -> MailetEntry | None:
+    """None (after reporting why) when the element has an error."""
     cls = (el.get("class") or "").strip()
     if not cls:
-        raise reader.error(el, "mailet", "needs a class attribute; expected "
-                                         "<mailet match=\"...\" class=\"...\">")
+        reader.fail(el, "mailet", "needs a class attribute; expected "
+                                  "<mailet match=\"...\" class=\"...\">")
+        return None
     match, notmatch = el.get("match"), el.get("notmatch")
     if match is not None and notmatch is not None:
-        raise reader.error(el, "mailet", "has both match and notmatch; expected one of them")
+        reader.fail(el, "mailet", "has both match and notmatch; expected one of them")
+        return None
     invert = notmatch is not None
     text = (notmatch if invert else match) or "All"
     if not text.strip():
-        raise reader.error(el, "mailet", "empty match attribute; expected a matcher name")
+        reader.fail(el, "mailet", "empty match attribute; expected a matcher name")
+        return None
     mname, cond = split_match(text)
-    params = _params(el)
-    on_mailet = (el.get("onMailetException") or params.pop("onMailetException", None) or "error").strip()
-    on_match = (el.get("onMatchException") or params.pop("onMatchException", None) or "error").strip()
-    for key in CONTAINER_PARAMS:
-        params.pop(key, None)
+    params = element_parameters(el)
+    on_mailet = (el.get("onMailetException") or params.get("onMailetException") or "error").strip()
+    on_match = (el.get("onMatchException") or params.get("onMatchException") or "error").strip()
+    params = params.without(*CONTAINER_PARAMS)
     return MailetEntry(class_name=cls, matcher=MatcherRef(mname, cond, el.sourceline),
-                       invert=invert, params=MappingProxyType(params),
+                       invert=invert, params=params,
                        on_mailet_exception=on_mailet, on_match_exception=on_match,
                        line=el.sourceline)
 

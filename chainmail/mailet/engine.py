@@ -31,18 +31,19 @@ before it removes the mail it came from.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import Any, Callable, Mapping
 
-from ..config.errors import ConfigError
-from .api import ERROR, GHOST, Mail, MailetConfig, MatcherConfig
+from .. import plugin_loader
+from ..config.errors import ConfigError, ConfigWarning
+from ..plugin_loader import SYNC, THREAD, TRIO
+from .api import ERROR, GHOST, Mail, MailetConfig, MailetContext, MatcherConfig
 from .config import CompositeMatcherConfig, MailetContainerConfig, MatcherRef
+from .outbox import current_outputs
 
 __all__ = ["MAILET_GROUP", "MATCHER_GROUP", "MAX_HOPS", "MailetEngine", "Processor", "Pair",
            "ProcessingResult", "PropagatedError", "build_engine", "installed_mailets",
@@ -50,15 +51,10 @@ __all__ = ["MAILET_GROUP", "MATCHER_GROUP", "MAX_HOPS", "MailetEngine", "Process
 
 log = logging.getLogger("chainmail.mailet")
 
-MAILET_GROUP = "chainmail.mailets"
-MATCHER_GROUP = "chainmail.matchers"
+MAILET_GROUP = plugin_loader.MAILET_GROUP
+MATCHER_GROUP = plugin_loader.MATCHER_GROUP
 MAX_HOPS = 100
 _LOOP_HARD_LIMIT = 20
-
-#: Where ``context.send_mail`` puts mail while the engine services a mail (per trio task).
-current_outputs: contextvars.ContextVar[list | None] = contextvars.ContextVar(
-    "chainmail_mailet_outputs", default=None)
-
 
 class PropagatedError(Exception):
     """A mailet with ``onMailetException=propagate`` (or ``onMatchException=propagate``) failed."""
@@ -67,9 +63,8 @@ class PropagatedError(Exception):
 # -------------------------------------------------------------------------- entry points
 
 
-@lru_cache(maxsize=None)
 def _installed(group: str) -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=group)}
+    return plugin_loader.installed(group)
 
 
 def installed_mailets() -> dict[str, EntryPoint]:
@@ -80,48 +75,26 @@ def installed_matchers() -> dict[str, EntryPoint]:
     return _installed(MATCHER_GROUP)
 
 
-def _resolve(group: str, what: str, name: str, file: str, line: int | None) -> tuple[Any, EntryPoint]:
-    """The rules of :func:`chainmail.chain.resolve_handler`: the exact entry-point name, else
-    the unique entry point whose last dotted part equals ``name``'s last dotted part."""
-    eps = _installed(group)
-    ep = eps.get(name)
-    if ep is None:
-        short = name.rsplit(".", 1)[-1]
-        matches = {e.value: e for n, e in eps.items() if n.rsplit(".", 1)[-1] == short}
-        if len(matches) > 1:
-            raise ConfigError(file, line, what, f"{name!r} is ambiguous: it may mean any of "
-                              + ", ".join(sorted(e.name for e in matches.values()))
-                              + "; write the full name")
-        ep = next(iter(matches.values()), None)
-    if ep is None:
-        known = ", ".join(sorted(n for n in eps if "." not in n)) or "(none installed)"
-        raise ConfigError(file, line, what, f"no installed {what} provides {name!r}; expected one "
-                          f"of the '{group}' entry points: {known}")
-    try:
-        return ep.load(), ep
-    except Exception as exc:
-        raise ConfigError(file, line, what, f"{name!r} ({ep.value}) failed to load: {exc}") from exc
-
-
 def resolve_mailet(name: str, file: str = "", line: int | None = None) -> tuple[Any, EntryPoint]:
-    return _resolve(MAILET_GROUP, "mailet", name, file, line)
+    """See :func:`chainmail.plugin_loader.resolve`."""
+    return plugin_loader.resolve(name, MAILET_GROUP, "mailet", file, line, _installed(MAILET_GROUP))
 
 
 def resolve_matcher(name: str, file: str = "", line: int | None = None) -> tuple[Any, EntryPoint]:
-    return _resolve(MATCHER_GROUP, "matcher", name, file, line)
+    return plugin_loader.resolve(name, MATCHER_GROUP, "matcher", file, line,
+                                 _installed(MATCHER_GROUP))
 
 
 # ------------------------------------------------------------------------------- calling
 
-SYNC, ASYNC, THREAD = "sync", "async", "thread"
+#: Mailets and matchers run inline, on trio (``async def``) or in a worker thread; asyncio
+#: is for SMTP handlers only (the container has no asyncio loop).
+RUN_MODES = (SYNC, TRIO, THREAD)
+ASYNC = TRIO
 
 
 def _kind(owner: Any, fn: Callable) -> str:
-    if inspect.iscoroutinefunction(fn):
-        return ASYNC
-    if getattr(owner, "runs_on", None) == "thread":
-        return THREAD
-    return SYNC
+    return plugin_loader.run_mode(owner, fn)
 
 
 async def _call(kind: str, fn: Callable, arg: Any, context: Any) -> Any:
@@ -154,6 +127,7 @@ class CompositeMatcher:
         for matcher, kind in self.children:
             results.append(_as_set(mail, await _call(kind, matcher.match, mail, self.context)))
         op = self.operator
+        chosen: set[str]
         if op == "Or":
             chosen = set().union(*results)
         elif op == "And":
@@ -161,7 +135,7 @@ class CompositeMatcher:
         elif op == "Not":
             chosen = set(mail.recipients) - set().union(*results)
         else:  # Xor
-            chosen: set[str] = set()
+            chosen = set()
             for s in results:
                 chosen = (chosen | s) - (chosen & s)
         return [r for r in mail.recipients if r in chosen]
@@ -219,7 +193,7 @@ class ProcessingResult:
 class MailetEngine:
     """The processors of one container, and :meth:`service` to run a mail through them."""
 
-    def __init__(self, processors: Mapping[str, Processor], context: Any, *,
+    def __init__(self, processors: Mapping[str, Processor], context: MailetContext | None, *,
                  max_hops: int = MAX_HOPS, error_repository: str | None = None) -> None:
         self.processors = dict(processors)
         self.context = context
@@ -228,6 +202,7 @@ class MailetEngine:
 
     @property
     def states(self) -> tuple[str, ...]:
+        """The processor states, in the order of the configuration."""
         return tuple(self.processors)
 
     async def service(self, mail: Mail) -> ProcessingResult:
@@ -390,24 +365,23 @@ class MailetEngine:
 # ---------------------------------------------------------------------------------- build
 
 
-def _instantiate(cls: Any, what: str, name: str, file: str, line: int | None) -> Any:
-    try:
-        return cls() if isinstance(cls, type) else cls
-    except Exception as exc:
-        raise ConfigError(file, line, what, f"{name!r} could not be created: {exc}") from exc
+def _make(obj: Any, what: str, name: str, method: str, config: Any, file: str,
+          line: int | None) -> Any:
+    instance = plugin_loader.instantiate(obj, what, name, file, line)
+    if not callable(getattr(instance, method, None)):
+        raise ConfigError(file, line, what, f"{name!r} has no {method}(mail) method")
+    plugin_loader.check_run_modes(instance, (method,), what, name, file, line, RUN_MODES)
+    plugin_loader.configure(instance, "init", config, what, name, file, line)
+    return instance
 
 
-def _init(obj: Any, config: Any, what: str, name: str, file: str, line: int | None) -> None:
-    init = getattr(obj, "init", None)
-    if init is None:
-        return
-    try:
-        init(config)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(file, line, what, f"{name!r} failed to initialise: "
-                                            f"{type(exc).__name__}: {exc}") from exc
+def _condition_warning(obj: Any, ref: MatcherRef, file: str) -> list[ConfigWarning]:
+    """A matcher that declares ``takes_condition = False`` ignores ``Name=condition``."""
+    if ref.condition is not None and getattr(obj, "takes_condition", None) is False:
+        return [ConfigWarning(file, ref.line, f"matcher {ref.name}",
+                              f"takes no condition; {ref.condition!r} is ignored "
+                              f"(write match=\"{ref.name}\")")]
+    return []
 
 
 def _operator(text: str, file: str, line: int | None) -> str:
@@ -419,14 +393,35 @@ def _operator(text: str, file: str, line: int | None) -> str:
     return short
 
 
-def build_engine(config: MailetContainerConfig, context: Any, *, max_hops: int = MAX_HOPS) -> MailetEngine:
+def build_engine(config: MailetContainerConfig, context: MailetContext | None, *,
+                 max_hops: int = MAX_HOPS, errors: list[ConfigError] | None = None,
+                 warnings: list[ConfigWarning] | None = None) -> MailetEngine:
     """Resolve every matcher and mailet of ``config`` through entry points, create and
-    initialise them, and return the engine.  Errors name the file and line."""
+    initialise them, and return the engine; its ``states`` are the processor states.
+    Errors name the file and line.
+
+    The context is not changed: a caller whose mailets should check the processors they
+    name in ``init`` gives the context ``config.states`` first
+    (``ContainerContext(states=config.states)``).
+
+    Without ``errors`` the first error is raised; with a list, every matcher's and
+    mailet's error is appended to it and the pair is left out, so that ``check-config``
+    reports them all in one pass.  Undeclared parameters are warnings: appended to
+    ``warnings``, else logged."""
     file = config.file
-    if context is not None:
-        context.states = frozenset(config.states)
     processors: dict[str, Processor] = {}
     states = set(config.states)
+    found: list[ConfigWarning] = []
+
+    def attempt(make: Callable[[], Any]) -> Any:
+        if errors is None:
+            return make()
+        try:
+            return make()
+        except ConfigError as exc:
+            errors.append(exc)
+            return None
+
     for pconf in config.processors:
         composites: dict[str, CompositeMatcher] = {}
 
@@ -437,27 +432,29 @@ def build_engine(config: MailetContainerConfig, context: Any, *, max_hops: int =
                                                                  "takes no condition")
                 return composites[ref.name]
             cls, _ = resolve_matcher(ref.name, file, ref.line)
-            obj = _instantiate(cls, "matcher", ref.name, file, ref.line)
-            if not callable(getattr(obj, "match", None)):
-                raise ConfigError(file, ref.line, "matcher", f"{ref.name!r} has no match(mail) method")
-            _init(obj, MatcherConfig(ref.name, ref.condition, context, processor, file, ref.line),
-                  "matcher", ref.name, file, ref.line)
-            return obj
+            found.extend(_condition_warning(cls, ref, file))
+            return _make(cls, "matcher", ref.name, "match",
+                         MatcherConfig(ref.name, ref.condition, context, processor, file, ref.line),
+                         file, ref.line)
 
         def make_composite(comp: CompositeMatcherConfig) -> CompositeMatcher:
             op = _operator(comp.operator, file, comp.line)
             children = []
             for child in comp.children:
-                obj = make_composite(child) if isinstance(child, CompositeMatcherConfig) else make_matcher(child)
-                children.append((obj, _kind(obj, obj.match)))
+                obj = attempt(lambda: make_composite(child) if isinstance(child, CompositeMatcherConfig)
+                              else make_matcher(child))
+                if obj is not None:
+                    children.append((obj, _kind(obj, obj.match)))
             if op == "Not" and len(children) < 1:
                 raise ConfigError(file, comp.line, "matcher", "Not needs a child matcher")
             return CompositeMatcher(comp.name, op, children, context)
 
         for comp in pconf.composites:
-            composites[comp.name] = make_composite(comp)
-        pairs: list[Pair] = []
-        for entry in pconf.mailets:
+            made = attempt(lambda: make_composite(comp))
+            if made is not None:
+                composites[comp.name] = made
+
+        def make_pair(entry: Any, processor: str = pconf.state) -> Pair:
             for attr, value, allowed in (
                     ("onMailetException", entry.on_mailet_exception, ("ignore", "propagate", ERROR)),
                     ("onMatchException", entry.on_match_exception,
@@ -466,16 +463,36 @@ def build_engine(config: MailetContainerConfig, context: Any, *, max_hops: int =
                     raise ConfigError(file, entry.line, f"mailet {entry.class_name}: {attr}",
                                       f"{value!r} is neither one of {', '.join(allowed)} nor a "
                                       f"processor ({', '.join(config.states)})")
-            matcher = make_matcher(entry.matcher)
+            matcher = attempt(lambda: make_matcher(entry.matcher))
             cls, _ = resolve_mailet(entry.class_name, file, entry.line)
-            mailet = _instantiate(cls, "mailet", entry.class_name, file, entry.line)
-            if not callable(getattr(mailet, "service", None)):
-                raise ConfigError(file, entry.line, "mailet",
-                                  f"{entry.class_name!r} has no service(mail) method")
-            _init(mailet, MailetConfig(entry.class_name, entry.params, context, pconf.state, file,
-                                       entry.line), "mailet", entry.class_name, file, entry.line)
-            pairs.append(Pair(matcher, mailet, entry.class_name, entry.matcher.text, entry.invert,
-                              entry.on_mailet_exception, entry.on_match_exception, entry.line))
+            found.extend(plugin_loader.parameter_warnings(
+                cls, entry.params, "mailet", entry.class_name, file, entry.line,
+                always=plugin_loader.MAILET_ATTRIBUTES))
+            mailet = _make(cls, "mailet", entry.class_name, "service",
+                           MailetConfig(entry.class_name, entry.params, context, processor, file,
+                                        entry.line), file, entry.line)
+            if matcher is None:   # its error is already recorded
+                raise _Reported()
+            return Pair(matcher, mailet, entry.class_name, entry.matcher.text, entry.invert,
+                        entry.on_mailet_exception, entry.on_match_exception, entry.line)
+
+        pairs: list[Pair] = []
+        for entry in pconf.mailets:
+            try:
+                pair = attempt(lambda: make_pair(entry))
+            except _Reported:
+                continue
+            if pair is not None:
+                pairs.append(pair)
         processors[pconf.state] = Processor(pconf.state, pairs)
+    if warnings is None:
+        for warning in found:
+            log.warning("%s", warning)
+    else:
+        warnings.extend(found)
     return MailetEngine(processors, context, max_hops=max_hops,
                         error_repository=config.error_repository)
+
+
+class _Reported(Exception):
+    """A pair left out because its matcher's error is already in the list."""

@@ -230,7 +230,7 @@ class RepositoryStore:
 
     def list(self) -> list[MailRepository]:
         """The repositories under ``<var>/mail`` (directories holding a ``.repository`` file)."""
-        out = []
+        out: list[MailRepository] = []
         if not os.path.isdir(self.mail_dir):
             return out
         for dirpath, dirnames, filenames in os.walk(self.mail_dir):

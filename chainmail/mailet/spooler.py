@@ -26,6 +26,11 @@ repository write), the original mail is re-spooled unchanged (its original recip
 state) with ``error_count + 1`` and the error message, not to be retried before a short
 delay; after ``max_attempts`` (5, as James) failed attempts it is stored in the error
 repository with the reason instead.
+
+Every log line about a mail names its queue id (the id of the 250 reply, kept through
+re-spooling) and is written inside :func:`chainmail.logctx.about_message`.  A mail whose
+queue id is held (``chainmail queue hold``, :class:`chainmail.store.holds.HoldList`) stays
+in the spool untouched until it is released.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from typing import Any
 
 import trio
 
+from ..logctx import about_message
+from ..store.holds import RECHECK, HoldList
 from .api import ATTR_RETRY_AT, ERROR
-from .context import MailetContext, mail_from_queued
+from .context import MailetContext, mail_from_queued, queue_id_of
 from .engine import MailetEngine
 
 __all__ = ["MailSpooler", "MAX_ATTEMPTS", "POLL_INTERVAL"]
@@ -68,6 +75,8 @@ class MailSpooler:
         self.in_flight: set[str] = set()
         self.deferred: dict[str, float] = {}   # id -> not before (epoch seconds)
         self.broken: set[str] = set()
+        self.holds = HoldList(context.var_dir)
+        self._held_seen: set[str] = set()     # held spool ids already logged
         self.processed = 0                     # mails handed on (for logs and tests)
         self._wake = trio.Event()
         self._removals = trio.Event()   # set when a removal waits for the flusher
@@ -250,6 +259,21 @@ class MailSpooler:
                 log.error("%s: unreadable spool entry left in place: %s", msg_id, exc)
             self.broken.add(msg_id)
             return False
+        queue_id = queue_id_of(queued.envelope, msg_id)
+        with about_message(queue_id):
+            return await self._process_queued(msg_id, queue_id, queued, small)
+
+    async def _process_queued(self, msg_id: str, queue_id: str, queued: Any,
+                              small: Any) -> bool:
+        if self.holds.is_held(queue_id):
+            if msg_id not in self._held_seen:
+                self._held_seen.add(msg_id)
+                log.info("%s: held; left in the spool until released", queue_id)
+            self.deferred[msg_id] = time.time() + RECHECK
+            return False
+        if msg_id in self._held_seen:
+            self._held_seen.discard(msg_id)
+            log.info("%s: released", queue_id)
         retry_at = queued.envelope.attributes.get(ATTR_RETRY_AT)
         if isinstance(retry_at, (int, float)) and retry_at > time.time():
             self.deferred[msg_id] = float(retry_at)
@@ -271,7 +295,7 @@ class MailSpooler:
             await self._failed(queued, content, exc)
             return True
         self.processed += 1
-        log.info("%s: processed from <%s> to %d recipient(s) in %.1f ms: %s", msg_id,
+        log.info("%s: processed from <%s> to %d recipient(s) in %.1f ms: %s", queue_id,
                  queued.envelope.sender, len(queued.envelope.recipients),
                  (time.monotonic() - start) * 1000, _summary(result, len(result.outputs)))
         return True
@@ -280,6 +304,7 @@ class MailSpooler:
         msg_id = queued.id
         reason = f"{type(exc).__name__}: {exc}"
         mail = mail_from_queued(queued, content)   # the original recipients and state
+        queue_id = mail.name
         mail.error_count += 1
         mail.error_message = f"processing failed (attempt {mail.error_count}): {reason}"
         with trio.CancelScope(shield=True):
@@ -291,7 +316,7 @@ class MailSpooler:
                     repo = self.context.repository(self.error_repository)
                     key = await self.context.run_blocking(repo.store, mail)
                     await self._remove(msg_id)
-                    log.error("%s: %s; stored in %s as %s", msg_id, mail.error_message,
+                    log.error("%s: %s; stored in %s as %s", queue_id, mail.error_message,
                               repo.url, key)
                     return
                 delay = self.retry_delay * (2 ** (mail.error_count - 1))
@@ -299,11 +324,11 @@ class MailSpooler:
                 new_id = await self.context.commit(mail, extra={ATTR_RETRY_AT: retry_at})
                 self.deferred[new_id] = retry_at
                 await self._remove(msg_id)
-                log.warning("%s: %s; re-spooled as %s, retry in %.0f s", msg_id,
+                log.warning("%s: %s; re-spooled (spool entry %s), retry in %.0f s", queue_id,
                             mail.error_message, new_id, math.ceil(delay))
             except Exception as again:
                 log.error("%s: processing failed (%s) and the failure could not be recorded "
-                          "(%s: %s); the mail stays spooled", msg_id, reason,
+                          "(%s: %s); the mail stays spooled", queue_id, reason,
                           type(again).__name__, again)
                 self.deferred[msg_id] = time.time() + 30
 

@@ -98,6 +98,8 @@ def _parse_v2(data) -> ProxyHeader | None:
         return ProxyHeader(2, None, None, total)
     if transport != 1:
         raise ProxyError("PROXY v2: only TCP (STREAM) is supported")
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == 1:
         if length < 12:
             raise ProxyError("PROXY v2: truncated IPv4 addresses")

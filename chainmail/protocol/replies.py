@@ -169,6 +169,12 @@ class R:
     no_recipients = Reply.of(503, "No recipients specified", "5.5.0")
     start_data = Reply.of(354, "Ok Send data ending with <CRLF>.<CRLF>")
     message_received = Reply.of(250, "Message received", "2.6.0")
+
+    @staticmethod
+    def message_queued(queue_id: str) -> Reply:
+        """After DATA: the id the operator finds the message by (logs, ``chainmail queue``)."""
+        return Reply.of(250, f"Message received, queued as {queue_id}", "2.6.0")
+
     spool_error = Reply.of(451, "Error processing message.", "4.0.0")
     data_line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
     data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)

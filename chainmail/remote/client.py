@@ -82,6 +82,8 @@ class SmtpTlsHandshakeError(SmtpConnectionError):
 class SmtpReplyError(SmtpError):
     """The server answered ``command`` with an error reply."""
 
+    reply: Reply
+
     def __init__(self, command: str, reply: Reply) -> None:
         self.command = command
         self.reply = reply

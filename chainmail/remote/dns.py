@@ -111,9 +111,10 @@ def parse_server(text: str) -> tuple[str, int]:
 
 
 def parse_dnsservice(root, file: str) -> DnsServiceConfig:
-    reader = Reader(file)
+    reader = Reader(file, collect=True)   # every error of the file at once
     if root.tag != "dnsservice":
-        raise reader.error(root, str(root.tag), "unexpected root element; expected <dnsservice>")
+        reader.fail(root, str(root.tag), "unexpected root element; expected <dnsservice>")
+        reader.raise_errors()
     reader.check_children(root, _KNOWN)
     servers: list[tuple[str, int]] = []
     servers_el = first_child(root, "servers")
@@ -126,12 +127,13 @@ def parse_dnsservice(root, file: str) -> DnsServiceConfig:
             try:
                 server = parse_server(raw)
             except ValueError:
-                raise reader.error(el, "server", f"{raw!r} is not an IP address with an optional "
-                                                 "port; expected 127.0.0.1, 127.0.0.1:5353 or "
-                                                 "[::1]:5353") from None
+                reader.fail(el, "server", f"{raw!r} is not an IP address with an optional "
+                                          "port; expected 127.0.0.1, 127.0.0.1:5353 or "
+                                          "[::1]:5353")
+                continue
             if server not in servers:
                 servers.append(server)
-    return DnsServiceConfig(
+    config = DnsServiceConfig(
         servers=tuple(servers),
         autodiscover=reader.child_bool(root, "autodiscover", True),
         authoritative=reader.child_bool(root, "authoritative", False),
@@ -141,6 +143,8 @@ def parse_dnsservice(root, file: str) -> DnsServiceConfig:
         file=file,
         warnings=tuple(reader.warnings),
     )
+    reader.raise_errors()
+    return config
 
 
 def load_dnsservice(path: str | os.PathLike[str]) -> DnsServiceConfig:

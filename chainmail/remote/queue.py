@@ -36,6 +36,10 @@ Each attempt's outcome is applied durably:
 
 The entry is removed only after all of that is durable, so a crash at any point delivers
 at least once and loses nothing (a recipient may get the mail twice).
+
+An entry carries the mail's queue id (``chainmail.queue_id``, the id of the 250 reply) and
+so does every retry of it: the log names that id, not the entry's own spool id, and an
+entry whose queue id is held (``chainmail queue hold``) is not tried until released.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import trio
 
+from chainmail.logctx import about_message
+from chainmail.mailet.context import ATTR_QUEUE_ID, queue_id_of
+from chainmail.store.holds import HoldList
 from chainmail.store.spool import DirectorySpool, Envelope, QueuedMessage
 
 from .config import RemoteDeliveryConfig
@@ -58,7 +65,7 @@ from .slots import PrioritySlots
 
 __all__ = ["OutgoingQueue", "Bounce", "Delivered", "ATTR_NEXT_ATTEMPT", "ATTR_RETRY_COUNT",
            "ATTR_LAST_ERROR", "ATTR_NAME", "ATTR_PRIORITY", "LOW_PRIORITY", "NORMAL_PRIORITY",
-           "destination_of", "queue_priority"]
+           "destination_of", "queue_priority", "queue_id"]
 
 log = logging.getLogger("chainmail.remote.queue")
 
@@ -127,6 +134,12 @@ def queue_priority(envelope: Envelope) -> int:
     return NORMAL_PRIORITY
 
 
+def queue_id(entry: QueuedMessage) -> str:
+    """The queue id of the mail ``entry`` holds (the entry's own id for an entry queued
+    without one)."""
+    return queue_id_of(entry.envelope, entry.id)
+
+
 def _order(entry: QueuedMessage) -> tuple[int, float]:
     return -queue_priority(entry.envelope), entry.queued_at
 
@@ -141,7 +154,8 @@ class OutgoingQueue:
                  bounce: Callable[[Bounce], Awaitable[Any]],
                  delivered: Callable[[Delivered], Awaitable[Any]] | None = None,
                  max_parallel: int = 16, per_destination: int = 4, pool: Any = None,
-                 deliver_fn: Callable[..., Awaitable[Outcome]] = deliver) -> None:
+                 deliver_fn: Callable[..., Awaitable[Outcome]] = deliver,
+                 holds: HoldList | None = None) -> None:
         self.spool = spool
         self.config = config
         self.dns = dns
@@ -151,6 +165,7 @@ class OutgoingQueue:
         self.per_destination = max(1, per_destination)
         self.pool = pool
         self.deliver_fn = deliver_fn
+        self.holds = holds
         self.in_flight: set[str] = set()
         self._slots = PrioritySlots(self.max_parallel)
         self._waiting: dict[str, deque[QueuedMessage]] = {}
@@ -196,6 +211,8 @@ class OutgoingQueue:
         for entry in self.spool.list():
             if entry.id in self.in_flight:
                 continue
+            if self.holds is not None and self.holds.is_held(queue_id(entry)):
+                continue
             if (float(entry.envelope.attributes.get(ATTR_NEXT_ATTEMPT) or 0) <= now
                     or any(f.matches(entry) for f in flushes)):
                 out.append(entry)
@@ -233,8 +250,9 @@ class OutgoingQueue:
                     async with self._slots.slot(priority):
                         await self.attempt(entry)
                 except Exception:
-                    log.exception("%s: delivery failed unexpectedly; the entry stays queued",
-                                  entry.id)
+                    with about_message(queue_id(entry)):
+                        log.exception("%s: delivery failed unexpectedly; the entry stays "
+                                      "queued", queue_id(entry))
                 finally:
                     self.in_flight.discard(entry.id)
         finally:
@@ -292,6 +310,10 @@ class OutgoingQueue:
     async def attempt(self, entry: QueuedMessage) -> Outcome | None:
         """One delivery attempt of ``entry``, its outcome applied durably (None: the entry
         was removed meanwhile, by ``chainmail queue remove``)."""
+        with about_message(queue_id(entry)):
+            return await self._attempt(entry)
+
+    async def _attempt(self, entry: QueuedMessage) -> Outcome | None:
         content = self._read(entry) if entry.size <= 256 * 1024 else \
             await trio.to_thread.run_sync(self._read, entry)
         if content is None:
@@ -310,10 +332,10 @@ class OutgoingQueue:
     async def _apply(self, entry: QueuedMessage, content: bytes, count: int,
                      outcome: Outcome) -> None:
         env = entry.envelope
+        qid = queue_id(entry)
         if entry.id not in self.spool.ids():
             # `chainmail queue remove` (another process) while it was being tried: removal wins
-            log.info("%s: removed from the queue during its attempt; no retry, no bounce",
-                     entry.id)
+            log.info("%s: removed from the queue during its attempt; no retry, no bounce", qid)
             return
         failed = dict(outcome.failed)
         too_many = False
@@ -322,6 +344,7 @@ class OutgoingQueue:
                 delay = self.config.delays.delay_before_retry(count + 1) / 1000
                 rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params)}
                 attributes = dict(env.attributes)
+                attributes.setdefault(ATTR_QUEUE_ID, qid)
                 if self.config.use_priority:
                     attributes[ATTR_PRIORITY] = LOW_PRIORITY   # retries go last (JAMES-1311)
                 new_id = await self.enqueue(
@@ -331,7 +354,7 @@ class OutgoingQueue:
                     next_attempt=time.time() + delay, last_error=outcome.message,
                     mail_params=env.mail_params, rcpt_params=rcpt_params)
                 log.info("%s: temporary failure for %d recipient(s) (%s); retry %d of %d "
-                         "in %.0f s as %s", entry.id, len(outcome.pending), outcome.message,
+                         "in %.0f s (entry %s)", qid, len(outcome.pending), outcome.message,
                          count + 1, self.config.max_retries, delay, new_id)
             else:
                 too_many = True
@@ -340,14 +363,14 @@ class OutgoingQueue:
                 failed.update({r: reason for r in outcome.pending})
         if failed:
             await self.bounce(Bounce(entry, content, failed, outcome, too_many))
-            log.info("%s: failed for %s: %s", entry.id, ", ".join(failed),
+            log.info("%s: failed for %s: %s", qid, ", ".join(failed),
                      "; ".join(sorted(set(failed.values()))))
         if outcome.delivered:
-            log.info("%s: delivered to %s at %s", entry.id, ", ".join(outcome.delivered),
+            log.info("%s: delivered to %s at %s", qid, ", ".join(outcome.delivered),
                      outcome.remote_mta)
             if self.delivered is not None:
                 await self.delivered(Delivered(entry, content, list(outcome.delivered), outcome))
         try:
             await self.spool.aremove(entry.id)
         except KeyError:
-            log.info("%s: already removed from the outgoing queue", entry.id)
+            log.info("%s: already removed from the outgoing queue", qid)

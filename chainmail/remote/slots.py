@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import trio
 
@@ -18,7 +18,7 @@ class PrioritySlots:
     def __init__(self, total: int) -> None:
         self.total = max(1, total)
         self.busy = 0
-        self._waiting: list[list] = []   # heap of [-priority, order, event, cancelled]
+        self._waiting: list[list[Any]] = []   # heap of [-priority, order, event, cancelled]
         self._order = itertools.count()
 
     @property
@@ -36,7 +36,7 @@ class PrioritySlots:
                 self._release()
                 raise
         else:
-            waiter = [-priority, next(self._order), trio.Event(), False]
+            waiter: list[Any] = [-priority, next(self._order), trio.Event(), False]
             heapq.heappush(self._waiting, waiter)
             try:
                 await waiter[2].wait()

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 import trio
 
+from .. import logsetup
 from ..chain import build_chain
 from .connection import serve_listener, sweep_idle_sessions
 from .context import ProcessLoad, ServerContext
@@ -25,7 +26,7 @@ async def open_listeners(ctx: ServerContext) -> list[trio.SocketListener]:
     cfg = ctx.config
     listeners: list[trio.SocketListener] = []
     for bind in cfg.bind:
-        host = bind.host
+        host: str | None = bind.host
         if host in ("", "*"):
             host = None
         try:
@@ -63,8 +64,9 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
     with 421, let transactions in flight finish within ``grace_period``, and return.
 
     ``services`` are background tasks of the mailet container (objects with ``async
-    run(task_status)``, such as RemoteDelivery's delivery loop): started before the
-    listeners open, cancelled after the sessions and the spooler have finished.
+    run(task_status)``, such as RemoteDelivery's delivery loop): started after the
+    listeners are bound and before they accept, cancelled after the sessions and the
+    spooler have finished.
 
     In a worker process (``worker``: its index), ``bound`` lists the addresses the
     supervisor bound (``workers.BoundAddress``): this process listens on each with
@@ -80,6 +82,9 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
         if spool is not None and hasattr(spool, "sync_inline"):
             # With a single session open, its commit may fdatasync on the loop: nobody waits.
             spool.sync_inline = lambda: load.lone
+        # Bound before any task starts: a port in use is then one plain OSError naming
+        # the address, not an exception group from inside the nurseries.
+        all_listeners = await _open_all(contexts, bound)
         async with trio.open_nursery() as outer:
             if spool is not None and hasattr(spool, "run"):
                 await outer.start(spool.run)
@@ -89,16 +94,6 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
                 await outer.start(service.run)
             async with trio.open_nursery() as connections:
                 accept_scope = trio.CancelScope()
-                all_listeners = []
-                for block, ctx in enumerate(contexts):
-                    if bound is None:
-                        all_listeners.append((ctx, await open_listeners(ctx)))
-                        continue
-                    from .workers import listen_on
-                    mine = [a for a in bound if a.block == block]
-                    ctx.bound.extend(a.sockaddr[:2] for a in mine)
-                    all_listeners.append(
-                        (ctx, [listen_on(a, ctx.config.connection_backlog) for a in mine]))
                 outer.start_soon(_watch_signals, stop_event, contexts)
                 await outer.start(sweep_idle_sessions, contexts)
 
@@ -141,11 +136,36 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
     log.info("stopped")
 
 
+async def _open_all(contexts: list[ServerContext], bound) -> list:
+    """Every block's listeners: bound here, or (in a worker) opened on the addresses the
+    supervisor bound.  On an error the ones already open are closed."""
+    all_listeners: list = []
+    try:
+        for block, ctx in enumerate(contexts):
+            if bound is None:
+                all_listeners.append((ctx, await open_listeners(ctx)))
+                continue
+            from .workers import listen_on
+            mine = [a for a in bound if a.block == block]
+            ctx.bound.extend(a.sockaddr[:2] for a in mine)
+            all_listeners.append((ctx, [listen_on(a, ctx.config.connection_backlog)
+                                        for a in mine]))
+    except BaseException:
+        for _, listeners in all_listeners:
+            for listener in listeners:
+                await listener.aclose()
+        raise
+    return all_listeners
+
+
 async def _watch_signals(stop_event: trio.Event, contexts) -> None:
-    """SIGTERM/SIGINT: drain and stop.  SIGHUP: re-read every TLS keystore (new connections
-    get the new certificates; a broken keystore is reported and the old one kept)."""
+    """SIGTERM/SIGINT: drain and stop.  SIGHUP: reopen the log file (logrotate), then re-read
+    every TLS keystore (new connections get the new certificates; a broken keystore is
+    reported and the old one kept)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                logsetup.reopen()
             log.info("received %s", signal.Signals(signum).name)
             if signum == signal.SIGHUP:
                 for ctx in contexts:

@@ -288,7 +288,9 @@ class SessionRunner:
     def __init__(self, ctx, stream, session: Session, plain: socket.socket | None = None):
         self.ctx = ctx
         self.stream = stream
-        self.plain = plain
+        # None only when the stream is not a plain socket: the methods that use it directly
+        # are bound by _bind_io only when it is set.
+        self.plain: socket.socket = plain   # type: ignore[assignment]
         self.unyielded = 0   # socket calls since the last yield
         self.busy_poll = ctx.config.busy_poll / 1e6
         self._bind_io()
@@ -491,12 +493,14 @@ class SessionRunner:
                     conn, receive = self.conn, self.receive
                     continue
             elif type(event) is EndOfData:
-                reply = await self._end_of_data(event)
-                if type(reply) is not Reply:
+                replies = await self._end_of_data(event)
+                if isinstance(replies, list):
                     # LMTP (RFC 2033): one complete reply per accepted recipient.
-                    for each in reply[:-1]:
+                    for each in replies[:-1]:
                         self.queue(each)
-                    reply = reply[-1]
+                    reply = replies[-1]
+                else:
+                    reply = replies
             elif event is CLOSED:
                 return
             elif type(event) is engine.LineTooLong:
@@ -548,8 +552,9 @@ class SessionRunner:
         self.stream = tls
         self._bind_io()
         self.conn = new_engine(self.ctx.config)
-        session.reset_for_tls(tls_info_of(tls.sslobj))
-        log.info("%s: TLS started: %s %s", session, session.tls.protocol, session.tls.cipher)
+        info = tls_info_of(tls.sslobj)
+        session.reset_for_tls(info)
+        log.info("%s: TLS started: %s %s", session, info.protocol, info.cipher)
         return True
 
     async def _command(self, chain, command) -> Reply:

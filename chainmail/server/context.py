@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from .limits import LocalLimits
+
+if TYPE_CHECKING:  # pragma: no cover - types only: these modules import the server's
+    from ..chain import Chain
+    from ..config.server import ServerConfig
+    from ..mailet.engine import MailetEngine
+    from ..store.domains import DomainStore
+    from ..store.mailbox import MailboxStore
+    from ..store.rrt import RecipientRewriteTable
+    from ..store.spool import DirectorySpool
+    from ..store.users import UsersRepository
+    from .connection import SessionRunner
+    from .limits import SharedLimits
+    from .tls import TLSManager
 
 __all__ = ["ServerContext", "ProcessLoad"]
 
@@ -31,10 +44,14 @@ class ServerContext:
     ``limits`` counts connections for ``connectionLimit`` and ``connectionLimitPerIP``:
     plain integers in one process (all its connections share one trio loop), a shared
     table when several worker processes serve the block (``limits.py``).
+
+    ``domains`` and ``spool`` are ``None`` only where no session is ever served
+    (``check-config`` builds a context just to compile and show the chain).
     """
 
-    def __init__(self, config: Any, *, domains: Any, spool: Any, users: Any = None, rrt: Any = None,
-                 hostname: str | None = None):
+    def __init__(self, config: ServerConfig, *, domains: DomainStore | None,
+                 spool: DirectorySpool | None, users: UsersRepository | None = None,
+                 rrt: RecipientRewriteTable | None = None, hostname: str | None = None):
         self.config = config
         self.hostname = hostname or config.hello_name
         self.domains = domains
@@ -42,19 +59,22 @@ class ServerContext:
         self.users = users
         self.rrt = rrt
         self.limiter = trio.CapacityLimiter(max(1, config.max_executor_count))
-        self.chain: Any = None
-        self.tls: Any = None   # TLSManager when <tls> enables socketTLS or startTLS
-        self.mailboxes: Any = None   # the mailbox store (LMTP delivers into it)
-        self.mailet_engine: Any = None   # the mailet container's engine, when one is configured
-        self.limits: Any = LocalLimits(config.connection_limit, config.connection_limit_per_ip)
+        self.chain: Chain = None  # type: ignore[assignment]  # set by make_context at once
+        self.tls: TLSManager | None = None   # when <tls> enables socketTLS or startTLS
+        self.mailboxes: MailboxStore | None = None   # the mailbox store (LMTP delivers into it)
+        self.mailet_engine: MailetEngine | None = None   # when a mailet container is configured
+        self.limits: LocalLimits | SharedLimits = LocalLimits(config.connection_limit,
+                                                              config.connection_limit_per_ip)
         self.load = ProcessLoad()   # shared by every context of a process (run_servers)
-        self.sessions: set[Any] = set()
+        self.sessions: set[SessionRunner] = set()   # the open connections
         self.draining = False
         self.bound: list[tuple[str, int]] = []
 
     def is_local_domain(self, domain: str) -> bool:
         """A domain of the domain list, directly or through a domain alias."""
         domains = self.domains
+        if domains is None:
+            return False
         if domains.contains(domain):
             return True
         rrt = self.rrt

@@ -151,7 +151,8 @@ class SharedLimits:
             packed = ipaddress.ip_address(ip.split("%", 1)[0]).packed.rjust(16, b"\0")
         except ValueError:
             packed = zlib.crc32(ip.encode()).to_bytes(16, "little")
-        return tuple(int.from_bytes(packed[i:i + 4], "little", signed=True) for i in range(0, 16, 4))
+        a, b, c, d = (int.from_bytes(packed[i:i + 4], "little", signed=True) for i in range(0, 16, 4))
+        return a, b, c, d
 
     def _slots(self, key) -> range:
         start = zlib.crc32(bytes(str(key), "ascii")) % ENTRIES

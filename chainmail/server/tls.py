@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ..config.errors import ConfigError
@@ -36,7 +37,7 @@ JCEKS_MAGIC = b"\xce\xce\xce\xce"
 
 @dataclass
 class KeyMaterial:
-    key: object
+    key: PrivateKeyTypes
     certificate: x509.Certificate
     chain: list[x509.Certificate]
 
@@ -44,7 +45,7 @@ class KeyMaterial:
         """DNS names the certificate is for (SAN, else CN), lower-cased."""
         try:
             san = self.certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-            names = san.value.get_values_for_type(x509.DNSName)
+            names = san.value.get_values_for_type(x509.DNSName)   # type: ignore[attr-defined]
         except x509.ExtensionNotFound:
             names = [a.value for a in self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         return [str(n).lower() for n in names]
@@ -88,6 +89,8 @@ def load_key_material(*, keystore: str | None, keystore_type: str, secret: str,
                          f"{keystore} holds no private key entry; expected a key pair "
                          f"(keytool -genkey -alias james -keyalg RSA -storetype PKCS12)")
         return KeyMaterial(key, cert, list(extra or []))
+    if not private_key or not certificates:
+        raise _error(file, line, "tls", "expected <keystore>, or <privateKey> and <certificates>")
     try:
         with open(private_key, "rb") as f:
             key_pem = f.read()

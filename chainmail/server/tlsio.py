@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from typing import Any, Callable
 
 import trio
 
@@ -181,7 +182,8 @@ class TLSTransport:
 
     def _decrypt(self) -> bytes:
         """All the plaintext the incoming BIO holds whole records of (``b""`` for none)."""
-        read = self.sslobj.read
+        # With a buffer, SSLObject.read returns a count (typeshed says bytes).
+        read: Callable[[int, Any], int] = self.sslobj.read   # type: ignore[assignment]
         pending = self.sslobj.pending
         incoming = self.incoming
         size = len(_plain)

@@ -11,7 +11,7 @@ database connection or a trio loop crosses it.
 
 What must be exact across workers is shared: connection counts (``limits.py``: a mapped
 file, one column per worker); the spool, whose messages any worker may process under a
-per-message claim (``spool.py``); the Maildirs and SQLite stores, which are safe for
+per-message claim (``store/spool/claims.py``); the Maildirs and SQLite stores, which are safe for
 several processes.  Container services (RemoteDelivery's scheduler) run in worker 0 only:
 they read their queue, which any worker's mailets write, every second.
 
@@ -210,13 +210,15 @@ def supervise(count: int, run_worker: Callable[[int, int | None], int], *,
                 _stop_all(by_pid, signal.SIGTERM)
             continue
         if signum == signal.SIGHUP:
+            from .. import logsetup
+            logsetup.reopen()   # logrotate moved the log file: this line goes to the new one
             log.info("received SIGHUP: passing it to every worker")
             _stop_all(by_pid, signal.SIGHUP)
             continue
         for pid, status in _reap():
-            worker = by_pid.pop(pid, None)
-            if worker is None:
+            if pid not in by_pid:
                 continue
+            worker = by_pid.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             on_worker_exit(worker.index)
             if stopping:

@@ -9,11 +9,10 @@ a check costs about 5 µs, a set lookup about 0.5 µs.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from typing import Iterable
 
+from chainmail.config.domainlist import normalise_domain
 from chainmail.store import sqlite as _sqlite
 
 __all__ = ["DomainStore", "normalize_domain"]
@@ -25,71 +24,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def normalize_domain(domain: str) -> str:
-    """The canonical form of a domain name or address literal; ``ValueError`` if invalid.
-
-    Names are lower-cased, lose one trailing dot, and must be RFC 1035/1123
-    host names (labels of letters, digits and inner hyphens, at most 63
-    octets, at most 253 in all, the last label not all digits).  Non-ASCII
-    names are converted to their IDNA (``xn--``) form.  IP addresses, bare or
-    as address literals, become ``[192.0.2.1]`` or ``[ipv6:2001:db8::1]``.
-    """
-    if not isinstance(domain, str):
-        raise TypeError(f"domain must be a str, not {type(domain).__name__}")
-    name = domain.strip()
-    if name.startswith("["):
-        return _normalize_literal(domain, name)
-    if name.endswith("."):
-        name = name[:-1]
-    if not name:
-        raise ValueError(f"invalid domain {domain!r}: empty name")
-    try:
-        return _literal(ipaddress.ip_address(name))
-    except ValueError:
-        pass
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"invalid domain {domain!r}: not a valid internationalised name ({exc})") from None
-    name = name.lower()
-    if len(name) > 253:
-        raise ValueError(f"invalid domain {domain!r}: longer than 253 characters")
-    labels = name.split(".")
-    for label in labels:
-        if not label:
-            raise ValueError(f"invalid domain {domain!r}: empty label")
-        if not _LABEL_RE.fullmatch(label):
-            raise ValueError(
-                f"invalid domain {domain!r}: label {label!r} must be 1-63 letters, digits or "
-                "hyphens, not starting or ending with a hyphen"
-            )
-    if labels[-1].isdigit():
-        raise ValueError(f"invalid domain {domain!r}: the last label must not be all digits")
-    return name
-
-
-def _literal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    if addr.version == 6:
-        return f"[ipv6:{addr.compressed}]"
-    return f"[{addr}]"
-
-
-def _normalize_literal(domain: str, name: str) -> str:
-    if not name.endswith("]"):
-        raise ValueError(f"invalid address literal {domain!r}: missing ']'")
-    inner = name[1:-1]
-    try:
-        if inner[:5].lower() == "ipv6:":
-            return _literal(ipaddress.IPv6Address(inner[5:]))
-        return _literal(ipaddress.IPv4Address(inner))
-    except ValueError:
-        raise ValueError(
-            f"invalid address literal {domain!r}: expected [IPv4 address] or [IPv6:address]"
-        ) from None
+#: One rule for domain names everywhere (domainlist.xml, this store, the CLI).
+normalize_domain = normalise_domain
 
 
 class DomainStore(_sqlite.RefreshedCache):

@@ -43,11 +43,14 @@ import re
 import socket
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from chainmail.protocol.lineends import canonical
 from chainmail.store import sqlite as _sqlite
 from chainmail.store.durable import sync_dir as _fsync_dir
+
+if TYPE_CHECKING:   # imported where used: the CLI's stores do not load trio
+    import trio
 
 __all__ = ["MailboxStore", "MaildirStore", "QuotaExceededError", "MailboxError",
            "maildir_name_for"]
@@ -177,7 +180,7 @@ class MaildirStore(MailboxStore):
         self._quotas: dict[str, int] | None = None   # cached table, with its data_version
         self._quota_version: int | None = None
         self._queue: list[_Pending] = []   # adeliver_many: waiting for the next group
-        self._flight = None                # adeliver_many: the group being written
+        self._flight: "trio.Event | None" = None   # adeliver_many: the group being written
         self._conn = None
         if db_path is not None:
             self._conn = _sqlite.connect(db_path)
@@ -513,7 +516,7 @@ class MaildirStore(MailboxStore):
         self.close()
 
 
-_random = {"pid": 0, "value": ""}
+_random: dict[str, Any] = {"pid": 0, "value": ""}
 
 
 def _process_random() -> str:

@@ -28,6 +28,8 @@ at most once per ``refresh_interval``).
 
 from __future__ import annotations
 
+import builtins
+
 import os
 from typing import Any, Iterable, NamedTuple
 
@@ -229,7 +231,7 @@ class RecipientRewriteTable(_sqlite.RefreshedCache):
         that loops counts as existing."""
         return self._tables_now().step(_lookup_form(address)) is not None
 
-    def resolve(self, address: str) -> list[str]:
+    def resolve(self, address: str) -> builtins.list[str]:
         """The final recipients of ``address`` after every rewriting, in order, without
         duplicates; ``[address]`` (lower-cased) if it has no mapping.
 
@@ -241,7 +243,7 @@ class RecipientRewriteTable(_sqlite.RefreshedCache):
         self._expand(tables, start, [start], out)
         return list(out)
 
-    def _expand(self, tables: _Tables, addr: str, chain: list[str], out: dict[str, None]) -> None:
+    def _expand(self, tables: _Tables, addr: str, chain: builtins.list[str], out: dict[str, None]) -> None:
         targets = tables.step(addr)
         if targets is None:
             out[addr] = None
@@ -421,7 +423,7 @@ class RecipientRewriteTable(_sqlite.RefreshedCache):
         return True
 
     @staticmethod
-    def _domain_cycle(tables: _Tables, start: str) -> list[str] | None:
+    def _domain_cycle(tables: _Tables, start: str) -> builtins.list[str] | None:
         chain = [start]
         current = start
         while True:

@@ -40,8 +40,10 @@ __all__ = [
     "SCRYPT_LN",
     "SCRYPT_P",
     "SCRYPT_R",
+    "PasswordPolicy",
     "UserExistsError",
     "UsersRepository",
+    "load_password_policy",
     "check_password",
     "hash_password",
     "needs_rehash",
@@ -393,6 +395,56 @@ class UsersRepository(_sqlite.RefreshedCache):
 
     def _load(self, conn) -> None:
         self._users = frozenset(name for (name,) in conn.execute("SELECT username FROM users"))
+
+
+#: where the password policy is configured (``<passwordPolicy minLength="..."/>``)
+USERSREPOSITORY_FILE = "usersrepository.xml"
+DEFAULT_MIN_LENGTH = 8
+
+
+class PasswordPolicy:
+    """What a new password must satisfy (``chainmail user add|passwd``): at least
+    ``min_length`` characters.  ``source`` says where the rule comes from, for messages."""
+
+    def __init__(self, min_length: int = DEFAULT_MIN_LENGTH, source: str = "") -> None:
+        self.min_length = min_length
+        self.source = source or f"the default; set <passwordPolicy minLength=\"...\"/> in " \
+                                f"{USERSREPOSITORY_FILE}"
+
+    def check(self, password: str | bytes) -> None:
+        """``ValueError`` with a one-line reason if ``password`` is too weak."""
+        _check_new_password(password)
+        length = len(password.decode("utf-8", "replace") if isinstance(password, bytes)
+                     else password)
+        if length < self.min_length:
+            raise ValueError(f"password refused: {length} character(s), at least "
+                             f"{self.min_length} are required ({self.source})")
+
+
+def load_password_policy(conf_dir: str | os.PathLike[str]) -> PasswordPolicy:
+    """The policy of ``<conf>/usersrepository.xml`` (James's file; chainmail reads only its
+    ``<passwordPolicy minLength="..."/>`` element); the default without the file or element.
+    ``ConfigError`` naming the file and line for a bad value."""
+    from chainmail.config.errors import ConfigError
+    from chainmail.config.xml import first_child, parse_file
+    path = os.path.join(os.fspath(conf_dir), USERSREPOSITORY_FILE)
+    if not os.path.exists(path):
+        return PasswordPolicy()
+    root = parse_file(path)
+    policy = root if root.tag == "passwordPolicy" else first_child(root, "passwordPolicy")
+    if policy is None:
+        return PasswordPolicy()
+    value = policy.get("minLength")
+    if value is None:
+        return PasswordPolicy()
+    try:
+        minimum = int(value.strip())
+    except ValueError:
+        minimum = -1
+    if not 1 <= minimum <= 1024:
+        raise ConfigError(path, policy.sourceline, "passwordPolicy",
+                          f"minLength={value!r}: expected a whole number from 1 to 1024")
+    return PasswordPolicy(minimum, f"minLength in {path}:{policy.sourceline}")
 
 
 def _check_new_password(password: Any) -> None:

@@ -1,13 +1,19 @@
 """LMTP DATA (RFC 2033 §4.2): the body is received once, then each accepted recipient gets
-its own delivery and its own complete reply, in RCPT order."""
+its own delivery and its own complete reply, in RCPT order.
+
+Each message gets a queue id of the spool's form when its body is complete; every log line
+about its deliveries is written inside :func:`chainmail.logctx.about_message` and names it,
+and mail the container makes of it (bounces, forwards) keeps it."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from typing import Any, Callable
 
-
+from chainmail.logctx import about_message
 from chainmail.message import IncomingMessage
+from chainmail.store.spool import new_id
 from chainmail.protocol.replies import R
 from chainmail.verdict import Action, to_reply
 from chainmail_plugins.smtp.commands import DataCmdHandler
@@ -51,7 +57,11 @@ class LmtpDataReceiver(DataReceiver):
             message.body_file = sink.file
             end_of_head = self.head.find(b"\r\n\r\n")
             message.head = bytes(self.head if end_of_head < 0 else self.head[: end_of_head + 4])
-            replies = await self.deliver(message, recipients)
+            queue_id = new_id()
+            with about_message(queue_id):
+                log.info("%s: message %s from <%s> for %d recipient(s), %d bytes", session,
+                         queue_id, self.transaction.sender_text, len(recipients), sink.size)
+                replies = await self.deliver(message, recipients)
             session.messages += 1
             return replies
         finally:
@@ -79,13 +89,17 @@ class LmtpDataReceiver(DataReceiver):
 
 
 class LmtpDataCmdHandler(DataCmdHandler):
-    receiver = LmtpDataReceiver
+    parameters: tuple[str, ...] = ()
+
+    receiver: Callable[[Any], LmtpDataReceiver] = LmtpDataReceiver
 
 
 class MailboxDeliverToRecipientHandler:
     """Delivers into the recipient's Maildir (``<var>/mail/<user>/``), following address
     aliases and domain aliases to local users.  Over quota: ``552 5.2.2``; a store failure:
     ``451 4.3.0`` for that recipient only."""
+
+    parameters = ()
 
     async def deliver_to_recipient(self, session, recipient, message):
         from chainmail.verdict import HookResult

@@ -26,6 +26,7 @@ import logging
 import time
 from functools import partial
 
+from chainmail import logctx
 from chainmail.mailet.api import ROOT, Mail
 from chainmail.protocol.replies import R
 
@@ -62,7 +63,7 @@ class MailetContainerReceiver(LmtpDataReceiver):
 def _mail_of(message, recipients: list[str]) -> Mail:
     envelope = message.envelope()
     rcpt_params = {r: p for r, p in zip(envelope.recipients, envelope.rcpt_params) if p}
-    return Mail(None, envelope.sender, recipients, message.read(), state=ROOT,
+    return Mail(logctx.queue_id.get(), envelope.sender, recipients, message.read(), state=ROOT,
                 attributes=envelope.attributes, mail_params=envelope.mail_params,
                 rcpt_params=rcpt_params, queued_at=time.time())
 
@@ -89,6 +90,8 @@ async def _execute(session, engine, mail: Mail) -> bool:
 class MailetContainerHandler(LmtpDataCmdHandler):
     """LMTP DATA whose delivery is the mailet container.  Parameter ``splitExecution``
     (default ``false``): one container execution per recipient."""
+
+    parameters = ("splitExecution",)
 
     #: ``chainmail run`` refuses to start when no mailet container is configured.
     needs_mailet_container = True

@@ -48,6 +48,8 @@ class ToProcessor(GenericMailet):
     """Send the mail to another processor.  ``processor`` (required): its name; ``notice``:
     becomes the mail's error message (shown in bounces)."""
 
+    parameters = ("processor", "notice")
+
     def configure(self, config):
         self.processor = _check_processor(self, "processor", config.require("processor").strip())
         self.notice = config.get("notice")
@@ -61,6 +63,8 @@ class ToProcessor(GenericMailet):
 class ToRepository(GenericMailet):
     """Store the mail in a repository.  ``repositoryPath`` (required): its URL, such as
     ``file://var/mail/error/``; ``passThrough`` (default false): go on processing afterwards."""
+
+    parameters = ("repositoryPath", "passThrough")
 
     def configure(self, config):
         self.url = config.require("repositoryPath").strip()
@@ -79,6 +83,8 @@ class ToRepository(GenericMailet):
 class Null(GenericMailet):
     """Drop the mail (it is finished: state ``ghost``)."""
 
+    parameters = ()
+
     def service(self, mail):
         mail.state = GHOST
 
@@ -94,6 +100,8 @@ class RecipientRewriteTable(GenericMailet):
     ``transport`` processor may relay it).  A recipient whose
     rewriting loops goes to ``errorProcessor`` (default ``error``) with the reason.
     """
+
+    parameters = ("errorProcessor",)
 
     def configure(self, config):
         self.error_processor = _check_processor(self, "errorProcessor",
@@ -138,13 +146,35 @@ class RecipientRewriteTable(GenericMailet):
 
 class LocalDelivery(GenericMailet):
     """Deliver to the inbox of each recipient (a local user; ``+detail`` ignored), adding
-    ``Return-Path`` and ``Delivered-To``.  Recipients that cannot be delivered (unknown user,
-    over quota, a write error) go to ``errorProcessor`` (default ``error``) with the reason.
-    The mail is finished afterwards."""
+    ``Return-Path`` and ``Delivered-To``.  The mail is finished afterwards.
+
+    A temporary failure (a Maildir that cannot be written: I/O error, full disk, wrong
+    permissions) is retried: the recipients it concerns are put back in the spool, in this
+    processor, after each delay of ``delayTime`` (James's syntax, default
+    ``1 minute, 5 minutes, 15 minutes, 1 hour, 4 hours``), at most ``maxRetries`` times
+    (default 5).  Permanent failures (unknown user, over quota) and retries exhausted go to
+    ``errorProcessor`` (default ``error``), whose bounce says ``Action: failed`` with a 5.x.x
+    status.  The sender only ever sees ``Mailbox temporarily unavailable``; the log has the
+    details, under the queue id."""
+
+    parameters = ("errorProcessor", "maxRetries", "delayTime")
 
     def configure(self, config):
+        from chainmail.remote.config import DelayError, DelaysAndMaxRetry, delays_and_max_retry
         self.error_processor = _check_processor(self, "errorProcessor",
                                                 (config.get("errorProcessor") or ERROR).strip())
+        max_retries = config.get_int("maxRetries", LOCAL_MAX_RETRIES)
+        delay_time = config.get("delayTime")
+        if delay_time is None:   # the default's first delays (the last one repeats)
+            delay_time = ", ".join(LOCAL_DELAY_TIME.split(", ")[:max(1, max_retries)])
+        problems: list[str] = []
+        try:
+            self.schedule = (delays_and_max_retry(max_retries, delay_time, problems)
+                             if max_retries else DelaysAndMaxRetry(0, ()))
+        except DelayError as exc:
+            raise config.error("delayTime", str(exc)) from None
+        for problem in problems:
+            log.warning("%s:%s: LocalDelivery delayTime: %s", config.file, config.line, problem)
 
     async def service(self, mail):
         from chainmail.store.mailbox import QuotaExceededError
@@ -153,6 +183,7 @@ class LocalDelivery(GenericMailet):
         if mailboxes is None:
             raise RuntimeError("no mailbox store configured")
         failed: dict[str, list[str]] = {}
+        temporary: list[str] = []
         targets: list[tuple[str, str]] = []   # (recipient, username)
         for rcpt in mail.recipients:
             username = users.username_for(rcpt) if users is not None else rcpt.lower()
@@ -171,11 +202,16 @@ class LocalDelivery(GenericMailet):
             if isinstance(result, QuotaExceededError):
                 failed.setdefault(str(result), []).append(rcpt)
             elif isinstance(result, Exception):
-                failed.setdefault(f"451 4.3.0 Mailbox write failed: {result}", []).append(rcpt)
+                # The details (paths, errno) are for the operator only.
+                log.warning("%s: mailbox of %s not written: %s: %s", mail.name, username,
+                            type(result).__name__, result)
+                temporary.append(rcpt)
             else:
                 delivered.append(f"<{rcpt}>" if rcpt.lower() == username else f"<{rcpt}> ({username})")
         if delivered:   # one line per mail, however many recipients
             log.info("%s: delivered to %s", mail.name, ", ".join(delivered))
+        if temporary:
+            await self._retry_or_fail(mail, temporary, failed)
         for reason, rcpts in failed.items():
             copy = mail.duplicate(rcpts)
             copy.error_message = reason
@@ -184,9 +220,41 @@ class LocalDelivery(GenericMailet):
             await context.send_mail(copy, self.error_processor)
         mail.state = GHOST
 
+    async def _retry_or_fail(self, mail, rcpts: list[str], failed: dict[str, list[str]]) -> None:
+        """Put ``rcpts`` back in the spool for a later try, or (retries exhausted) add them
+        to ``failed`` with a reason that says so."""
+        import time
+        from chainmail.mailet.api import ATTR_ERROR
+        done = int(mail.attributes.get(ATTR_LOCAL_RETRIES) or 0)
+        if done >= self.schedule.max_retries:
+            reason = (f"{TEMPORARY_FAILURE}; gave up after {done} "
+                      f"{'retry' if done == 1 else 'retries'}")
+            failed.setdefault(reason, []).extend(rcpts)
+            return
+        delay = self.schedule.delay_before_retry(done + 1) / 1000
+        retry = mail.duplicate(rcpts, name=mail.name)   # the same queue id
+        retry.attributes[ATTR_LOCAL_RETRIES] = done + 1
+        retry.attributes.pop(ATTR_ERROR, None)
+        retry.error_message = f"{TEMPORARY_FAILURE} (retry {done + 1} of {self.schedule.max_retries})"
+        retry.state = mail.state
+        await self.context.send_later(retry, time.time() + delay)
+        log.info("%s: temporary failure for %s; retry %d of %d in %.0f s", mail.name,
+                 ", ".join(f"<{r}>" for r in rcpts), done + 1, self.schedule.max_retries, delay)
+
+
+#: LocalDelivery's retry schedule (parameters ``maxRetries`` and ``delayTime``)
+LOCAL_MAX_RETRIES = 5
+LOCAL_DELAY_TIME = "1 minute, 5 minutes, 15 minutes, 1 hour, 4 hours"
+#: the attribute counting LocalDelivery's retries of a mail
+ATTR_LOCAL_RETRIES = "chainmail.local-delivery-retries"
+#: what a sender is told about a mailbox that could not be written (never why: see the log)
+TEMPORARY_FAILURE = "451 4.3.0 Mailbox temporarily unavailable"
+
 
 class PostmasterAlias(GenericMailet):
     """Rewrite ``postmaster@<any local domain>`` to the container's postmaster address."""
+
+    parameters = ()
 
     def service(self, mail):
         postmaster = self.context.postmaster
@@ -210,6 +278,8 @@ class Bounce(GenericMailet):
     ``message``: the reason (default: the mail's error message); ``attachment``: ``message``
     (default), ``heading`` or ``none``; ``status``: the enhanced status code (default: from
     the reason, else 5.0.0); ``passThrough`` (default true): go on processing afterwards."""
+
+    parameters = ("message", "notice", "attachment", "status", "passThrough")
 
     default_pass_through = True
 
@@ -243,6 +313,8 @@ class NotifyPostmaster(GenericMailet):
     ``attachError`` (default false): include the error message; ``prefix``: subject prefix
     (default ``[NOTIFY]``); ``to``: recipients (default the postmaster); ``passThrough``
     (default true).  Sent with the null sender, so it never bounces."""
+
+    parameters = ("notice", "attachment", "attachError", "prefix", "to", "passThrough")
 
     def configure(self, config):
         self.notice = config.get("notice") or ("We were unable to deliver the attached message "
@@ -326,6 +398,8 @@ class Redirect(GenericMailet):
     ``postmaster``, ``null``, default ``unaltered``); ``prefix``: subject prefix;
     ``passThrough`` (default false): the original also goes on."""
 
+    parameters = ("recipients", "to", "sender", "prefix", "passThrough")
+
     default_pass_through = False
 
     def configure(self, config):
@@ -360,6 +434,8 @@ class Forward(GenericMailet):
     """Forward the mail, unchanged, to ``forwardTo`` (or ``forwardto``; required, comma
     list).  The original is finished unless ``passThrough`` is true."""
 
+    parameters = ("forwardTo", "forwardto", "passThrough")
+
     def configure(self, config):
         self.targets = config.get_list("forwardTo") or config.get_list("forwardto")
         if not self.targets:
@@ -381,6 +457,8 @@ class Forward(GenericMailet):
 class AddHeader(GenericMailet):
     """Add a header field: ``name`` and ``value`` (both required)."""
 
+    parameters = ("name", "value")
+
     def configure(self, config):
         self.name = config.require("name").strip()
         self.value = config.get("value", "")
@@ -401,6 +479,8 @@ class SetMimeHeader(AddHeader):
 class RemoveMimeHeader(GenericMailet):
     """Remove header fields: ``name`` (required; comma list)."""
 
+    parameters = ("name",)
+
     def configure(self, config):
         self.names = config.get_list("name")
         if not self.names:
@@ -414,6 +494,8 @@ class RemoveMimeHeader(GenericMailet):
 class MailAttributesToMimeHeaders(GenericMailet):
     """Copy attributes into header fields: ``simplemapping`` = ``attribute; Header-Name``
     (repeat the element, or separate mappings by commas)."""
+
+    parameters = ("simplemapping",)
 
     def configure(self, config):
         self.mappings: list[tuple[str, str]] = []
@@ -438,6 +520,8 @@ class MailAttributesToMimeHeaders(GenericMailet):
 class SetMailAttribute(GenericMailet):
     """Set attributes: every parameter is an attribute name with its (string) value."""
 
+    parameters = None   # every child element is an attribute name: nothing to check
+
     def configure(self, config):
         self.values = dict(config.params)
         if not self.values:
@@ -449,6 +533,8 @@ class SetMailAttribute(GenericMailet):
 
 class RemoveMailAttribute(GenericMailet):
     """Remove attributes: ``name`` (comma list)."""
+
+    parameters = ("name",)
 
     def configure(self, config):
         self.names = config.get_list("name")
@@ -466,6 +552,8 @@ class RemoveMailAttribute(GenericMailet):
 class LogMessage(GenericMailet):
     """Log the mail: ``comment``; ``headers`` (default true); ``body`` (default true);
     ``bodyMax`` (bytes of body, default 0 = all); ``passThrough`` (default true)."""
+
+    parameters = ("comment", "headers", "body", "bodyMax", "passThrough")
 
     def configure(self, config):
         self.comment = config.get("comment")

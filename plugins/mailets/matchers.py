@@ -35,6 +35,8 @@ def _all_or_none(mail: Mail, yes: bool) -> list[str]:
 class All(GenericMatcher):
     """Every recipient."""
 
+    takes_condition = False
+
     def match(self, mail):
         return list(mail.recipients)
 
@@ -43,6 +45,8 @@ class RecipientIsLocal(GenericRecipientMatcher):
     """Recipients that are local users (local domain, or a domain alias of one, and an existing
     user; ``+detail`` ignored)."""
 
+    takes_condition = False
+
     def match_recipient(self, recipient):
         return self.context.is_local_email(recipient)
 
@@ -50,12 +54,16 @@ class RecipientIsLocal(GenericRecipientMatcher):
 class HostIsLocal(GenericRecipientMatcher):
     """Recipients whose domain is local (whether or not the user exists)."""
 
+    takes_condition = False
+
     def match_recipient(self, recipient):
         return self.context.is_local_server(_domain(recipient))
 
 
 class HostIs(GenericRecipientMatcher):
     """``HostIs=example.org,example.net``: recipients in one of these domains."""
+
+    takes_condition = True
 
     def configure(self, condition):
         self.domains = {d.lower().rstrip(".") for d in _list(self.config.require_condition())}
@@ -67,6 +75,8 @@ class HostIs(GenericRecipientMatcher):
 class RecipientIs(GenericRecipientMatcher):
     """``RecipientIs=a@example.org,b@example.org``: these recipients (case-insensitive)."""
 
+    takes_condition = True
+
     def configure(self, condition):
         self.addresses = {a.lower() for a in _list(self.config.require_condition())}
 
@@ -76,6 +86,8 @@ class RecipientIs(GenericRecipientMatcher):
 
 class SenderIs(GenericMatcher):
     """``SenderIs=a@example.org,...``: every recipient when the envelope sender is one of these."""
+
+    takes_condition = True
 
     def configure(self, condition):
         self.senders = {a.lower() for a in _list(self.config.require_condition())}
@@ -87,6 +99,8 @@ class SenderIs(GenericMatcher):
 class SenderIsNull(GenericMatcher):
     """Every recipient when the envelope sender is the null sender ``<>`` (bounces)."""
 
+    takes_condition = False
+
     def match(self, mail):
         return _all_or_none(mail, mail.has_null_sender)
 
@@ -94,12 +108,16 @@ class SenderIsNull(GenericMatcher):
 class SenderIsLocal(GenericMatcher):
     """Every recipient when the sender is a local user."""
 
+    takes_condition = False
+
     def match(self, mail):
         return _all_or_none(mail, self.context.is_local_email(mail.sender))
 
 
 class SenderHostIs(GenericMatcher):
     """``SenderHostIs=example.org,...``: every recipient when the sender's domain is one of these."""
+
+    takes_condition = True
 
     def configure(self, condition):
         self.domains = {d.lower().rstrip(".") for d in _list(self.config.require_condition())}
@@ -111,6 +129,8 @@ class SenderHostIs(GenericMatcher):
 class SMTPAuthSuccessful(GenericMatcher):
     """Every recipient when the client authenticated (SMTP AUTH)."""
 
+    takes_condition = False
+
     def match(self, mail):
         return _all_or_none(mail, bool(mail.auth_user))
 
@@ -118,6 +138,8 @@ class SMTPAuthSuccessful(GenericMatcher):
 class SMTPAuthUserIs(GenericMatcher):
     """``SMTPAuthUserIs=bob@example.org,...``: every recipient when the client authenticated as
     one of these users."""
+
+    takes_condition = True
 
     def configure(self, condition):
         self.users = {u.lower() for u in _list(self.config.require_condition())}
@@ -129,6 +151,8 @@ class SMTPAuthUserIs(GenericMatcher):
 class SMTPIsAuthNetwork(GenericMatcher):
     """Every recipient when the client's address is in its server's ``authorizedAddresses``."""
 
+    takes_condition = False
+
     def match(self, mail):
         return _all_or_none(mail, self.context.is_auth_network(mail))
 
@@ -136,6 +160,8 @@ class SMTPIsAuthNetwork(GenericMatcher):
 class RemoteAddrInNetwork(GenericMatcher):
     """``RemoteAddrInNetwork=127.0.0.1,192.168.0.0/16,10.*``: every recipient when the client's
     IP address is in one of these networks (the syntax of ``authorizedAddresses``)."""
+
+    takes_condition = True
 
     expected = True
 
@@ -160,6 +186,8 @@ class RelayLimit(GenericMatcher):
     """``RelayLimit=30``: every recipient when the message carries at least that many
     ``Received:`` headers (a mail loop)."""
 
+    takes_condition = True
+
     def configure(self, condition):
         try:
             self.limit = int(self.config.require_condition())
@@ -175,6 +203,8 @@ class RelayLimit(GenericMatcher):
 class HasHeader(GenericMatcher):
     """``HasHeader=X-Spam-Flag`` or ``HasHeader=X-Spam-Flag=YES`` (value compared exactly,
     case-insensitively); several conditions joined by ``+`` must all hold."""
+
+    takes_condition = True
 
     def configure(self, condition):
         self.conditions = []
@@ -198,6 +228,8 @@ class HasAttribute(GenericMatcher):
     """``HasAttribute=name`` (or ``name1,name2``: all of them): every recipient when the mail
     has these attributes."""
 
+    takes_condition = True
+
     def configure(self, condition):
         self.names = _list(self.config.require_condition())
 
@@ -212,6 +244,8 @@ class SizeGreaterThan(GenericMatcher):
     """``SizeGreaterThan=1m`` (units ``k``, ``m``, ``g``; bytes without): every recipient when
     the message is larger."""
 
+    takes_condition = True
+
     def configure(self, condition):
         m = _SIZE_RE.match(self.config.require_condition())
         if not m:
@@ -225,11 +259,15 @@ class SizeGreaterThan(GenericMatcher):
 class IsSingleRecipient(GenericMatcher):
     """The recipient of a mail that has exactly one."""
 
+    takes_condition = False
+
     def match(self, mail):
         return _all_or_none(mail, len(mail.recipients) == 1)
 
 
 class _RegexMatcher(GenericMatcher):
+    takes_condition = True
+
     def configure(self, condition):
         try:
             self.pattern = re.compile(self.config.require_condition())
@@ -256,6 +294,8 @@ class SenderIsRegex(_RegexMatcher):
 class SentByMailet(GenericMatcher):
     """Every recipient of mail a mailet sent (bounces, forwards, redirects)."""
 
+    takes_condition = False
+
     def match(self, mail):
         return _all_or_none(mail, bool(mail.attributes.get(ATTR_SENT_BY_MAILET)))
 
@@ -263,6 +303,8 @@ class SentByMailet(GenericMatcher):
 class IsSenderInRRTLoop(GenericMatcher):
     """Every recipient when the sender's own address loops in the recipient rewrite table
     (do not bounce to an address that cannot be delivered)."""
+
+    takes_condition = False
 
     def match(self, mail):
         rrt = self.context.rrt

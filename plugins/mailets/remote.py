@@ -31,7 +31,8 @@ import os
 import time
 
 from chainmail.mailet.api import ATTR_ARRIVAL, ATTR_SENT_BY_MAILET, GHOST, GenericMailet, Mail
-from chainmail.mailet.context import mail_from_queued
+from chainmail.mailet.spoolcodec import ATTR_QUEUE_ID, mail_from_queued
+from chainmail.store.holds import HoldList
 from chainmail.remote.config import RemoteDeliveryConfig
 from chainmail.remote.control import outgoing_root
 from chainmail.remote.dns import DnsService, load_dnsservice
@@ -63,6 +64,13 @@ def _domain(address: str) -> str:
 
 
 class RemoteDelivery(GenericMailet):
+    parameters = ("outgoing", "maxRetries", "delayTime", "maxDnsProblemRetries", "timeout",
+                  "connectiontimeout", "connectionTimeout", "deliveryThreads", "sendpartial",
+                  "bounceProcessor", "onSuccess", "gateway", "gatewayPort", "gatewayUsername",
+                  "gatewayusername", "gatewayPassword", "loadBalancing", "startTLS", "sslEnable",
+                  "verifyServerIdentity", "sslTrustAllCerts", "heloName", "bind", "usePriority",
+                  "debug", "maxConcurrentDeliveries", "maxConcurrentDeliveriesPerDomain", "mail.*")
+
     def configure(self, config):
         context = self.context
         settings = RemoteDeliveryConfig.from_mailet_config(config)
@@ -102,7 +110,8 @@ class RemoteDelivery(GenericMailet):
             self._queue = OutgoingQueue(
                 DirectorySpool(self.root), self.settings, self.dns, bounce=self._bounce,
                 delivered=self._delivered, max_parallel=self.max_parallel,
-                per_destination=self.per_destination, pool=ConnectionPool())
+                per_destination=self.per_destination, pool=ConnectionPool(),
+                holds=HoldList(self.context.var_dir))
         return self._queue
 
     # -- queueing
@@ -121,10 +130,11 @@ class RemoteDelivery(GenericMailet):
                 name = f"{mail.name}-to-{domain}" if domain else str(mail.name)
                 attributes = dict(mail.attributes)
                 attributes.setdefault(ATTR_ARRIVAL, mail.queued_at or time.time())
+                attributes[ATTR_QUEUE_ID] = mail.name   # retries and bounces keep naming it
                 entry = await self.queue.enqueue(
                     mail.sender, rcpts, mail.content, name=name, attributes=attributes,
                     mail_params=mail.mail_params, rcpt_params=mail.rcpt_params)
-                log.info("%s: queued for remote delivery to %s as %s", mail.name,
+                log.info("%s: queued for remote delivery to %s (entry %s)", mail.name,
                          ", ".join(rcpts), entry)
         mail.state = GHOST
 
@@ -134,9 +144,9 @@ class RemoteDelivery(GenericMailet):
     # -- outcomes
 
     def _mail(self, entry, content: bytes, recipients: list[str]) -> Mail:
-        """The mail of a queue entry again, for its bounce or its onSuccess copy."""
+        """The mail of a queue entry again, for its bounce or its onSuccess copy: named by
+        its queue id, which the bounce report quotes."""
         mail = mail_from_queued(entry, content)
-        mail.name = str(entry.envelope.attributes.get(ATTR_NAME) or entry.id)
         for key in _QUEUE_ATTRIBUTES:
             mail.attributes.pop(key, None)
         mail.recipients = list(recipients)
@@ -180,5 +190,6 @@ class RemoteDelivery(GenericMailet):
                       "delivery notifications", status="2.0.0", attachment="heading",
                 action="relayed", remote_mta=delivered.outcome.remote_mta)
 
+    @property
     def info(self) -> str:
         return "RemoteDelivery: SMTP delivery to other servers, with retries and bounces"

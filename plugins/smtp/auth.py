@@ -53,6 +53,8 @@ def oauth_mechanisms(session) -> tuple:
 class AuthCmdHandler:
     """The AUTH command, its EHLO keywords and the MAIL ``AUTH=`` parameter."""
 
+    parameters = ()
+
     commands = ("AUTH",)
     mail_parameters = ("AUTH",)
 
@@ -199,6 +201,8 @@ class AuthCmdHandler:
 
 class AuthRequiredHook:
     """``auth.required``: MAIL only from authenticated clients or ``authorizedAddresses``."""
+
+    parameters = ()
 
     def on_mail(self, session):
         if session.config.auth.required and not session.relaying_allowed:

@@ -12,6 +12,7 @@ from chainmail.protocol.replies import R, Reply
 from chainmail.verdict import Action, HookResult, to_reply
 
 from .data import DataReceiver
+from .relay import needs_relay
 
 MAX_RECIPIENTS = 1000  # per transaction, as Postfix's smtpd_recipient_limit: bounds memory
 
@@ -28,6 +29,8 @@ def _verdict_reply(verdict: HookResult | None, ok: Reply) -> Reply | None:
 class WelcomeMessageHandler:
     """The greeting: ``smtpGreeting`` verbatim, or the default naming ``helloName``."""
 
+    parameters = ()
+
     def on_connect(self, session):
         cfg = session.config
         if cfg.smtp_greeting:
@@ -37,6 +40,8 @@ class WelcomeMessageHandler:
 
 
 class _Helo:
+    parameters = ()
+
     verb = "HELO"
     mode = "HELO"
 
@@ -99,6 +104,8 @@ class LhloCmdHandler(EhloCmdHandler):
 class MailCmdHandler:
     """MAIL FROM, with James's sequence rules: a refused or duplicate MAIL clears the sender."""
 
+    parameters = ()
+
     commands = ("MAIL",)
 
     async def on_command(self, session, command):
@@ -135,6 +142,8 @@ class MailCmdHandler:
 
 
 class RcptCmdHandler:
+    parameters = ()
+
     commands = ("RCPT",)
 
     async def on_command(self, session, command):
@@ -157,8 +166,12 @@ class RcptCmdHandler:
         if len(tx.recipients) >= MAX_RECIPIENTS:
             return R.too_many_recipients
         ok = R.recipient_ok(str(rcpt))
-        reply = _verdict_reply(
-            await chain.verdict("on_rcpt", session, tx.sender, rcpt, parsed.parameters), ok)
+        args = (session, tx.sender, rcpt, parsed.parameters)
+        if needs_relay(session, rcpt):
+            verdict = await _relay_safe_verdict(chain, args)
+        else:
+            verdict = await chain.verdict("on_rcpt", *args)
+        reply = _verdict_reply(verdict, ok)
         if reply is not None and not reply.is_positive:
             return reply
         tx.recipients.append(rcpt)
@@ -166,9 +179,29 @@ class RcptCmdHandler:
         return reply or ok
 
 
+async def _relay_safe_verdict(chain, args: tuple) -> HookResult | None:
+    """The ``on_rcpt`` round for a recipient that would be relayed.  An OK from a handler not
+    declared ``authorizes_relay`` (a greylister, an allow-list) does not end the round for the
+    relay authorisers after it: they still decide, so no plugin opens the relay by accident."""
+    impls = chain.hooks["on_rcpt"]
+    for i, impl in enumerate(impls):
+        verdict = await chain.verdict("on_rcpt", *args, impls=[impl])
+        if verdict is None:
+            continue
+        if verdict.action is not Action.OK or getattr(impl.owner, "authorizes_relay", False):
+            return verdict
+        authorisers = [later for later in impls[i + 1:]
+                       if getattr(later.owner, "authorizes_relay", False)]
+        decision = await chain.verdict("on_rcpt", *args, impls=authorisers)
+        return verdict if decision is None else decision
+    return None
+
+
 class DataCmdHandler:
     """DATA: checks the transaction, opens a spool writer, answers 354.  The body then
     streams into :class:`DataReceiver`, which runs the ``on_message`` hooks at the end."""
+
+    parameters = ()
 
     commands = ("DATA",)
     receiver = DataReceiver
@@ -190,6 +223,8 @@ class DataCmdHandler:
 
 
 class RsetCmdHandler:
+    parameters = ()
+
     commands = ("RSET",)
 
     def on_command(self, session, command):
@@ -200,6 +235,8 @@ class RsetCmdHandler:
 
 
 class NoopCmdHandler:
+    parameters = ()
+
     commands = ("NOOP",)
 
     def on_command(self, session, command):
@@ -207,6 +244,8 @@ class NoopCmdHandler:
 
 
 class QuitCmdHandler:
+    parameters = ()
+
     commands = ("QUIT",)
 
     async def on_command(self, session, command):
@@ -219,6 +258,8 @@ class QuitCmdHandler:
 
 
 class _NotSupported:
+    parameters = ()
+
     def on_command(self, session, command):
         return R.not_supported(command.verb)
 
@@ -237,6 +278,8 @@ class HelpCmdHandler(_NotSupported):
 
 class UnknownCmdHandler:
     """Commands no handler implements: ``on_unknown`` hooks, else 500 5.5.1."""
+
+    parameters = ()
 
     commands = ("*",)
 

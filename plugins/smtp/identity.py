@@ -47,6 +47,8 @@ def _looks_like_mx(session) -> bool:
 
 class SenderAuthIdentifyVerificationHook:
 
+    parameters = ()
+
     def _check_sender(self, session, sender):
         mode = _mode(session)
         if mode == "disabled" or sender is None:

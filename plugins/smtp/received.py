@@ -39,6 +39,8 @@ def _protocol(session) -> str:
 class ReceivedHeaderHandler:
     """James's ``ReceivedDataLineFilter``."""
 
+    parameters = ()
+
     def prepend_headers(self, session):
         ip = session.remote_ip
         literal = f"IPv6:{ip}" if ":" in ip else ip

@@ -1,5 +1,9 @@
 """Never an open relay: a recipient outside the local domains is accepted only from a client
-that may relay (``authorizedAddresses``, or later an authenticated user)."""
+that may relay (``authorizedAddresses``, or an authenticated user).
+
+Only a handler declared a relay authoriser (``authorizes_relay = True``) decides relaying: an
+OK from any other ``on_rcpt`` hook still goes through the relay decision (``RcptCmdHandler``).
+"""
 
 from __future__ import annotations
 
@@ -25,14 +29,24 @@ def auth_announced(session) -> bool:
     return False
 
 
+def needs_relay(session, recipient) -> bool:
+    """Whether accepting ``recipient`` would relay for a client that may not relay: a domain
+    outside the local ones, or sender-specified routing in the local part."""
+    if session.relaying_allowed:
+        return False
+    return not session.server.is_local_domain(recipient.domain_lower) or \
+        _routes_by_local_part(recipient.local)
+
+
 class RelayCheckRcptHook:
-    """James's ``AuthRequiredToRelayRcptHook``."""
+    """James's ``AuthRequiredToRelayRcptHook``: the relay decision itself."""
+
+    parameters = ()
+
+    authorizes_relay = True
 
     def on_rcpt(self, session, recipient):
-        if session.relaying_allowed:
-            return None
-        if session.server.is_local_domain(recipient.domain_lower) and \
-                not _routes_by_local_part(recipient.local):
+        if not needs_relay(session, recipient):
             return None
         return HookResult.reply(R.auth_required if auth_announced(session) else R.relay_denied)
 
@@ -45,7 +59,10 @@ def _routes_by_local_part(local: str) -> bool:
 
 
 class PostmasterAbuseRcptHook:
-    """RFC 5321 §4.5.1: mail to postmaster (and abuse, RFC 2142) is always accepted."""
+    """RFC 5321 §4.5.1: mail to postmaster (and abuse, RFC 2142) is always accepted.  Not a
+    relay authoriser: ``postmaster@elsewhere`` still needs a client that may relay."""
+
+    parameters = ()
 
     def on_rcpt(self, session, recipient):
         if recipient.local.lower() in ("postmaster", "abuse"):

@@ -8,6 +8,8 @@ from chainmail.verdict import HookResult
 
 
 class MailSizeEsmtpExtension:
+    parameters = ()
+
     mail_parameters = ("SIZE",)
 
     def ehlo_keywords(self, session):

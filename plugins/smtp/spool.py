@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from chainmail.logctx import about_message
 from chainmail.protocol.replies import R
 from chainmail.verdict import HookResult
 
@@ -11,7 +12,11 @@ log = logging.getLogger("chainmail.spool")
 
 
 class SendMailHandler:
-    """``250 2.6.0 Message received`` only once envelope and body are fsynced in the queue."""
+    """``250 2.6.0 Message received, queued as <id>`` only once envelope and body are fsynced
+    in the queue: the id follows the message through the container, the outgoing queue, its
+    retries and bounces, and the log."""
+
+    parameters = ()
 
     async def on_message(self, session, message):
         try:
@@ -19,6 +24,7 @@ class SendMailHandler:
         except OSError as exc:
             log.error("%s: spooling failed: %s", session, exc)
             return HookResult.reply(R.spool_error)
-        log.info("%s: queued %s from <%s> to %d recipient(s), %d bytes", session, queue_id,
-                 message.transaction.sender_text, len(message.recipients), message.size)
-        return HookResult.reply(R.message_received)
+        with about_message(queue_id):
+            log.info("%s: queued %s from <%s> to %d recipient(s), %d bytes", session, queue_id,
+                     message.transaction.sender_text, len(message.recipients), message.size)
+        return HookResult.reply(R.message_queued(queue_id))

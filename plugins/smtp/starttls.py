@@ -6,6 +6,8 @@ from chainmail.protocol.replies import R
 
 
 class StartTlsCmdHandler:
+    parameters = ()
+
     commands = ("STARTTLS",)
 
     def ehlo_keywords(self, session):

@@ -15,6 +15,8 @@ class ValidRcptHandler:
     has a mapping in the recipient rewrite table (``enableRecipientRewriteTable``, default
     true).  Other domains are left to the relay check."""
 
+    parameters = ("enableRecipientRewriteTable",)
+
     def configure(self, config):
         self.use_rrt = config.get_bool("enableRecipientRewriteTable", True)
 

@@ -6,11 +6,10 @@ import base64
 import smtplib
 import socket
 import subprocess
-import time
 
 import pytest
 
-from ..conftest import CHAINMAIL, need, raw_exchange
+from ..conftest import CHAINMAIL, need, raw_exchange, wait_for, wait_for_recipients
 from .test_tls import Material, tls_block
 
 CORE = "org.apache.james.smtpserver.CoreCmdHandlerLoader"
@@ -24,6 +23,22 @@ def b64(data: str) -> str:
 def cli(server, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CHAINMAIL, *args, "--conf", str(server.conf), "--var", str(server.var)],
                           input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def exchange_from(source: str, port: int, data: bytes) -> bytes:
+    """Send ``data`` from the loopback address ``source``; everything answered until the
+    server closes (``data`` ends with QUIT)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        out = b""
+        while not out.endswith(b"\r\n"):   # the greeting first: no talking before it
+            chunk = s.recv(4096)
+            if not chunk:
+                return out
+            out += chunk
+        s.sendall(data)
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
 
 
 def add_user(server, name: str, password: str = PASSWORD) -> None:
@@ -43,8 +58,7 @@ def submission(chainmail_factory, material):
                                "<auth><announce>always</announce></auth><verifyIdentity>true</verifyIdentity>",
                                core=CORE, authorized="")
     add_user(server, "alice@local.test")
-    add_user(server, "bob@local.test")
-    time.sleep(1.1)   # the running server sees new users within a second
+    add_user(server, "bob@local.test")   # AUTH reads the users table itself: no wait
     server.material = material
     return server
 
@@ -150,11 +164,7 @@ def test_announce_policies(chainmail_factory):
     def auth_line(server, source="127.0.0.1"):
         data = raw_exchange(server.port, b"EHLO t\r\nQUIT\r\n") if source == "127.0.0.1" else None
         if data is None:
-            with socket.create_connection(("127.0.0.1", server.port), source_address=(source, 0)) as s:
-                s.recv(1000)
-                s.sendall(b"EHLO t\r\nQUIT\r\n")
-                time.sleep(0.3)
-                data = s.recv(65536)
+            data = exchange_from(source, server.port, b"EHLO t\r\nQUIT\r\n")
         return [l for l in data.decode().split("\r\n") if "AUTH" in l]
 
     clear = "<auth><requireSSL>false</requireSSL><announce>{}</announce></auth>"
@@ -180,13 +190,9 @@ def test_auth_required(chainmail_factory, material):
     server = chainmail_factory(tls_block(material.keystore("ks.p12", "mx.test")) +
                                "<auth><announce>forUnauthorizedAddresses</announce><required>true</required></auth>",
                                core=CORE, authorized="127.0.0.1/32")
-    add_user(server, "carol@local.test")
-    time.sleep(1.1)
-    with socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.2", 0)) as raw:
-        raw.recv(1000)
-        raw.sendall(b"EHLO t\r\nMAIL FROM:<x@remote.example>\r\nQUIT\r\n")
-        time.sleep(0.3)
-        assert b"530 5.7.1 Authentication Required" in raw.recv(65536)
+    add_user(server, "carol@local.test")   # AUTH reads the users table itself: no wait
+    data = exchange_from("127.0.0.2", server.port, b"EHLO t\r\nMAIL FROM:<x@remote.example>\r\nQUIT\r\n")
+    assert b"530 5.7.1 Authentication Required" in data
     # from authorizedAddresses: no AUTH needed
     data = raw_exchange(server.port, b"EHLO t\r\nMAIL FROM:<x@remote.example>\r\nQUIT\r\n")
     assert b"250 2.1.0 Sender <x@remote.example> OK" in data
@@ -234,7 +240,13 @@ def test_aliases_and_domain_aliases_are_identities_groups_are_not(submission):
     assert cli(submission, "alias", "add", "al@local.test", "alice@local.test").returncode == 0
     assert cli(submission, "alias", "add", "--domain", "alias.test", "local.test").returncode == 0
     assert cli(submission, "alias", "add", "--forward", "team@local.test", "alice@local.test").returncode == 0
-    time.sleep(1.1)
+
+    def aliases_seen() -> bool:   # the running server reads the tables again within a second
+        with tls_session(submission) as s:
+            s.login("alice@local.test", PASSWORD)
+            return [s.mail(sender)[0] == 250 and s.rset()[0] == 250
+                    for sender in ("al@local.test", "alice@alias.test")] == [True, True]
+    wait_for(aliases_seen, what="the new aliases as identities of alice@local.test", interval=0.1)
     with tls_session(submission) as s:
         s.login("alice@local.test", PASSWORD)
         for sender in ("al@local.test", "alice@alias.test"):
@@ -260,11 +272,12 @@ def test_identity_disabled(chainmail_factory):
 
 # -- ValidRcptHandler ------------------------------------------------------------------------
 def test_valid_rcpt_handler(chainmail_factory):
-    server = chainmail_factory(handlers='<handler class="org.apache.james.smtpserver.fastfail.ValidRcptHandler"/>',
+    server = chainmail_factory("<ioWorkerCount>1</ioWorkerCount>",   # one users cache to wait for
+                               handlers='<handler class="org.apache.james.smtpserver.fastfail.ValidRcptHandler"/>',
                                authorized="")
     add_user(server, "dave@local.test")
     assert cli(server, "alias", "add", "support@local.test", "dave@local.test").returncode == 0
-    time.sleep(1.1)
+    wait_for_recipients(server, "dave@local.test", "support@local.test")
     data = raw_exchange(server.port, b"EHLO t\r\nMAIL FROM:<x@remote.example>\r\nRCPT TO:<nobody@local.test>\r\n"
                         b"RCPT TO:<dave@local.test>\r\nRCPT TO:<Dave+news@local.test>\r\n"
                         b"RCPT TO:<support@local.test>\r\nRCPT TO:<postmaster@local.test>\r\n"

@@ -25,6 +25,7 @@ SMTPSERVER = "<smtpservers><smtpserver><bind>127.0.0.1:0</bind></smtpserver></sm
 def dirs(tmp_path):
     conf, var = tmp_path / "conf", tmp_path / "var"
     conf.mkdir()
+    var.mkdir()   # an existing state directory: the first add says nothing about creating it
     (conf / "domainlist.xml").write_text(DOMAINLIST)
     (conf / "smtpserver.xml").write_text(SMTPSERVER)
     return conf, var
@@ -61,7 +62,7 @@ def test_user_add_list_passwd_remove(cm, dirs):
     assert r.returncode == 1
     assert "already exists" in r.stderr and r.stdout == ""
 
-    r = cm("user", "add", "alice@local.test", "--password-stdin", stdin="pw\n")
+    r = cm("user", "add", "alice@local.test", "--password-stdin", stdin="alice's secret\n")
     assert r.returncode == 0
     r = cm("user", "list")
     assert (r.returncode, r.stdout) == (0, "alice@local.test\nbob@local.test\n")
@@ -147,7 +148,7 @@ def test_password_is_not_accepted_as_an_argument(cm):
 
 
 def test_alias_add_list_remove(cm):
-    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="pw\n").returncode == 0
+    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="bob's secret\n").returncode == 0
 
     r = cm("alias", "add", "Sales@Local.Test", "bob@local.test")
     assert (r.returncode, r.stdout) == (0, "added alias sales@local.test -> bob@local.test\n")
@@ -199,7 +200,7 @@ def test_alias_add_list_remove(cm):
     (("alias", "remove", "sales@local.test"), "give the target"),
 ])
 def test_alias_bad_input(cm, args, message):
-    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="pw\n").returncode == 0
+    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="bob's secret\n").returncode == 0
     r = cm(*args)
     assert r.returncode == 2, r
     assert message in r.stderr
@@ -287,7 +288,7 @@ def test_interactive_password_prompts_twice_without_echo(dirs, cm):
 
 
 def test_user_remove_mentions_mappings_left_behind(cm):
-    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="pw\n").returncode == 0
+    assert cm("user", "add", "bob@local.test", "--password-stdin", stdin="bob's secret\n").returncode == 0
     assert cm("alias", "add", "sales@local.test", "bob@local.test").returncode == 0
     r = cm("user", "remove", "bob@local.test")
     assert (r.returncode, r.stdout) == (0, "removed user bob@local.test\n")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import mailbox
 import smtplib
 import subprocess
-import time
 
 import pytest
 
-from ..conftest import CHAINMAIL, need, raw_exchange
+from ..conftest import CHAINMAIL, need, raw_exchange, wait_for_recipients
 from ..smuggling import ALL_SEQUENCES, sequence_id, smuggling_message
 from .test_auth import add_user, cli
 
@@ -27,8 +26,10 @@ def lmtpserver_xml(body: str = "", handlers: str = "", core: str = LMTP_CORE) ->
 def lmtp(chainmail_factory):
     def start(body: str = "", handlers: str = "", core: str = LMTP_CORE, files=None):
         files = dict(files or {})
-        files["lmtpserver.xml"] = lmtpserver_xml(body, handlers, core)
-        server = chainmail_factory(files=files)
+        # One process: a probe session shows when it sees a new user (with_users).
+        one = "<ioWorkerCount>1</ioWorkerCount>"
+        files["lmtpserver.xml"] = lmtpserver_xml(one + body, handlers, core)
+        server = chainmail_factory(one, files=files)
         server.lmtp_port = server.ports[-1]
         return server
     return start
@@ -39,9 +40,12 @@ def maildir(server, user: str) -> mailbox.Maildir:
 
 
 def with_users(server, *names):
+    """Add users and wait until the running server accepts them at RCPT on its LMTP port
+    (``server.lmtp_port``, else the last port it bound: LMTP blocks come after SMTP's)."""
     for name in names:
         add_user(server, name)
-    time.sleep(1.1)
+    port = getattr(server, "lmtp_port", None) or server.ports[-1]
+    wait_for_recipients(server, *names, port=port, hello=b"LHLO probe.test")
 
 
 def test_lhlo_and_per_recipient_replies(lmtp):
@@ -88,8 +92,7 @@ def test_over_quota_recipient_gets_552_others_delivered(lmtp):
     server = lmtp()
     with_users(server, "bob@local.test", "cedric@local.test")
     result = cli(server, "quota", "set", "bob@local.test", "10")
-    assert result.returncode == 0, result.stdout + result.stderr
-    time.sleep(0.2)
+    assert result.returncode == 0, result.stdout + result.stderr   # read at each delivery
     data = raw_exchange(server.lmtp_port, b"LHLO c\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@local.test>\r\n"
                         b"RCPT TO:<cedric@local.test>\r\nDATA\r\nSubject: big\r\n\r\n" + b"x" * 500 +
                         b"\r\n.\r\nQUIT\r\n")
@@ -130,7 +133,7 @@ def test_alias_is_delivered_to_its_user(lmtp):
     server = lmtp()
     with_users(server, "erin@local.test")
     assert cli(server, "alias", "add", "help@local.test", "erin@local.test").returncode == 0
-    time.sleep(1.1)
+    wait_for_recipients(server, "help@local.test", port=server.lmtp_port, hello=b"LHLO probe.test")
     with smtplib.LMTP("127.0.0.1", server.lmtp_port, local_hostname="client.test") as s:
         assert s.sendmail("a@remote.example", ["help@local.test"], "Subject: alias\r\n\r\nx\r\n") == {}
     assert [m["Subject"] for m in maildir(server, "erin@local.test")] == ["alias"]

@@ -119,7 +119,7 @@ class PrivatePostfix:
             text = self.log()
             if re.search(pattern, text):
                 return text
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise AssertionError(f"Postfix did not log {pattern!r} within {timeout} s:\n{self.log()}")
 
     def master_pid(self) -> int | None:
@@ -136,7 +136,7 @@ class PrivatePostfix:
             if pid is not None:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and alive(pid):
-                    time.sleep(0.1)
+                    time.sleep(0.02)
                 if alive(pid):   # leftovers: the master takes its children with it
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(self.base, ignore_errors=True)
@@ -176,7 +176,7 @@ def wait_for_mail(server, user: str, count: int = 1, timeout: float = 30.0) -> l
             found = list(maildir(server, user))
             if len(found) >= count:
                 return found
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"no mail for {user} within {timeout} s")
 
 
@@ -197,8 +197,7 @@ def test_postfix_delivers_through_chainmail_lmtp(postfix_to_chainmail):
 def test_postfix_bounces_only_the_over_quota_recipient(postfix_to_chainmail):
     server, postfix = postfix_to_chainmail()
     with_users(server, "bob@local.test", "cedric@local.test")
-    assert cli(server, "quota", "set", "bob@local.test", "10").returncode == 0
-    time.sleep(0.2)
+    assert cli(server, "quota", "set", "bob@local.test", "10").returncode == 0   # read at each delivery
     postfix.inject("sender@remote.example", ["bob@local.test", "cedric@local.test"],
                    message("over quota") + "x" * 500 + "\n")
     [msg] = wait_for_mail(server, "cedric@local.test")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ..conftest import need
+from ..conftest import need, wait_for
 from .test_tls import Material, tls_block
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -185,14 +185,13 @@ def test_haproxy_send_proxy_v1_and_v2_decide_relaying(chainmail_factory, tmp_pat
     cfg.write_text(HAPROXY_CFG.format(p1=p1, p2=p2, target=server.port))
     proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def listening(port: int) -> bool:
             try:
-                socket.create_connection(("127.0.0.1", p2), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             except OSError:
-                time.sleep(0.1)
-        time.sleep(0.3)
+                return False
+            return True
+        wait_for(lambda: listening(p1) and listening(p2), what="haproxy's two frontends")
         for port in (p1, p2):
             allowed = talk(port, b"", RELAY, source="127.0.0.2")
             assert b"Hello t [127.0.0.2]" in allowed, allowed

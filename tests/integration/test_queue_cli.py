@@ -130,6 +130,7 @@ def test_flush_one_queue_or_an_unknown_one(prepared):
 
 
 def test_flush_without_outgoing_queues(tmp_path):
+    (tmp_path / "var").mkdir()
     r = cli(tmp_path / "var", "flush")
     assert r.returncode == 0 and "nothing to flush" in r.stdout
 

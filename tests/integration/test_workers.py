@@ -18,7 +18,8 @@ import time
 import uuid
 
 
-from ..conftest import CHAINMAIL, ROOT, ChainmailProcess, alive, need, read_line, smtpserver_xml
+from ..conftest import (CHAINMAIL, ROOT, STORE_REFRESH, ChainmailProcess, alive, need, read_line,
+                        smtpserver_xml, wait_for_log)
 from .test_mailets import cli, ok, wait_for
 
 WORKER_READY = re.compile(r"worker (\d+) ready \(pid (\d+)\)")
@@ -102,7 +103,7 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(chainmail_factory):
     s.mail("a@remote.example")
     s.rcpt("u@local.test")
     server.signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for_log(server, "shutting down: no new connections", count=3)   # in every worker
     # the transaction in flight may finish within the grace period, then the session ends
     assert s.data(b"Subject: late\r\n\r\nstill accepted\r\n")[0] == 250
     assert s.docmd("NOOP")[0] == 421
@@ -125,8 +126,10 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_message(chainmail_f
     had spooled); only the dead worker's sessions were cut; a replacement starts."""
     server = chainmail_factory("<ioWorkerCount>2</ioWorkerCount>",
                                files={"mailetcontainer.xml": SHIPPED})
-    ok(cli(server, "user", "add", "bob@local.test", "--password-stdin", stdin="pw\n"))
-    time.sleep(1.1)   # the users table is read again at most once a second
+    ok(cli(server, "user", "add", "bob@local.test", "--password-stdin", stdin="bob's secret\n"))
+    # Each worker reads the users table again at most once a second, and no reply shows
+    # which of them has: the documented bound is the event.
+    time.sleep(STORE_REFRESH + 0.1)
     before = workers(server)
     acked: list[str] = []
     stop = threading.Event()

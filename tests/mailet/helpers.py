@@ -139,4 +139,6 @@ def parse(xml: str, file: str = "mailetcontainer.xml"):
 
 
 def build(xml: str, context):
-    return engine_mod.build_engine(parse(xml), context)
+    config = parse(xml)
+    context.states = frozenset(config.states)   # as the container gives them before building
+    return engine_mod.build_engine(config, context)

@@ -73,6 +73,7 @@ def test_shipped_configuration_builds(context):
     from chainmail.mailet.engine import build_engine
     cfg = load_mailetcontainer(f"{ROOT}/conf/mailetcontainer.xml")
     assert cfg.warnings == ()
+    context.states = frozenset(cfg.states)
     engine = build_engine(cfg, context)
     assert set(engine.states) >= {"root", "transport", "local-delivery", "relay", "error",
                                   "relay-denied", "local-address-error", "bounces"}

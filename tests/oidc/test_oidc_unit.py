@@ -153,7 +153,8 @@ async def test_unknown_kid_refetch_is_floored():
     assert provider.count("/jwks") == 3
 
 
-async def test_concurrent_sessions_share_one_fetch():
+async def test_concurrent_sessions_share_one_fetch(autojump_clock):
+    # autojump_clock: the provider's delay passes in virtual time, as soon as all wait on it
     provider = Provider()
     provider.delay = 0.2
     v = verifier(provider)
@@ -199,7 +200,8 @@ async def test_jwks_skips_unusable_keys():
     assert [k.kid for k in keys] == ["k1"]
 
 
-async def test_provider_call_has_a_deadline():
+async def test_provider_call_has_a_deadline(autojump_clock):
+    # autojump_clock: the 5 s answer and the 0.2 s deadline run in virtual time
     provider = Provider()
     provider.delay = 5
     v = verifier(provider, timeout=0.2)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import json
 import logging
 import os
+import pkgutil
 import stat
 import struct
 import time
@@ -19,6 +21,9 @@ import trio
 import trio.testing
 
 from chainmail.store import spool as spool_mod
+from chainmail.store.durable import sync_dir
+from chainmail.store.spool import fileio
+from chainmail.store.spool.record import _ID_RE
 from chainmail.store.spool import (
     BUFFER_LIMIT,
     DirectorySpool,
@@ -28,6 +33,19 @@ from chainmail.store.spool import (
 )
 
 BIG = BUFFER_LIMIT + 1  # the smallest message that goes to queue/ instead of a segment
+
+_SPOOL_MODULES = [
+    importlib.import_module(f"{spool_mod.__name__}.{m.name}")
+    for m in pkgutil.iter_modules(spool_mod.__path__)
+]
+
+
+def _patch(monkeypatch, name, value):
+    """Replace ``name`` in every spool module that uses it (each holds its own binding)."""
+    holders = [m for m in _SPOOL_MODULES if hasattr(m, name)]
+    assert holders, name
+    for module in holders:
+        monkeypatch.setattr(module, name, value)
 
 
 def _envelope(**overrides):
@@ -293,13 +311,13 @@ async def test_50_mb_body_keeps_writer_memory_bounded(spool):
 
 async def test_50_concurrent_commits_all_durable_and_listed(spool, monkeypatch):
     syncs = []
-    real = spool_mod._sync_file
+    real = fileio._sync_file
 
     def counting(fd):
         syncs.append(fd)
         real(fd)
 
-    monkeypatch.setattr(spool_mod, "_sync_file", counting)
+    _patch(monkeypatch, "_sync_file", counting)
     results: dict[str, bytes] = {}
 
     async def one(i: int) -> None:
@@ -340,7 +358,7 @@ async def test_lone_commit_is_one_thread_hop(spool, monkeypatch):
         hops.append(fn)
         return await real(fn, *args, **kwargs)
 
-    monkeypatch.setattr(spool_mod.trio.to_thread, "run_sync", counting)
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
     for _ in range(3):
         await _commit(spool, b"x" * 1000)
     assert len(hops) == 3
@@ -348,13 +366,13 @@ async def test_lone_commit_is_one_thread_hop(spool, monkeypatch):
 
 async def test_concurrent_large_commits_share_directory_fsyncs(spool, monkeypatch):
     calls = []
-    real = spool_mod._sync_dir
+    real = sync_dir
 
     def counting(path):
         calls.append(path)
         real(path)
 
-    monkeypatch.setattr(spool_mod, "_sync_dir", counting)
+    _patch(monkeypatch, "_sync_dir", counting)
 
     async def one():
         w = spool.open_writer()
@@ -618,7 +636,7 @@ async def test_enospc_while_writing_raises_at_commit_and_leaves_nothing(spool, m
     def full(fd, parts):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_mod, "_write_all", full)
+    _patch(monkeypatch, "_write_all", full)
     w = spool.open_writer()
     for _ in range(3):
         w.write(b"d" * size)
@@ -637,18 +655,18 @@ async def test_partial_append_is_cut_off_and_the_segment_goes_on(spool, monkeypa
     first = await _commit(spool, b"first")
     [path] = _segment_paths(spool)
     size = len(open(path, "rb").read().rstrip(b"\0"))   # the record, not the reserved space
-    real = spool_mod._write_all
+    real = fileio._write_all
 
     def half_then_full(fd, parts):
         data = b"".join(parts)
         os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_mod, "_write_all", half_then_full)
+    _patch(monkeypatch, "_write_all", half_then_full)
     with pytest.raises(OSError):
         await _commit(spool, b"second" * 100)
     assert os.path.getsize(path) == size
-    monkeypatch.setattr(spool_mod, "_write_all", real)
+    _patch(monkeypatch, "_write_all", real)
     third = await _commit(spool, b"third")
     assert _segment_paths(spool) == [path]
     await _crash(spool)
@@ -662,7 +680,7 @@ async def test_read_only_queue_raises_and_leaves_nothing(spool, monkeypatch):
     def erofs(src, dst):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(spool_mod.os, "rename", erofs)
+    monkeypatch.setattr(os, "rename", erofs)
     w = spool.open_writer()
     w.write(b"r" * BIG)
     with pytest.raises(OSError) as info:
@@ -677,7 +695,7 @@ async def test_file_fsync_failure_raises_and_leaves_nothing(spool, monkeypatch, 
     def eio(fd):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_mod, "_sync_file", eio)
+    _patch(monkeypatch, "_sync_file", eio)
     w = spool.open_writer()
     w.write(b"f" * size)
     with pytest.raises(OSError):
@@ -693,7 +711,7 @@ async def test_file_fsync_failure_raises_and_leaves_nothing(spool, monkeypatch, 
 async def test_segment_fdatasync_failure_fails_its_commits_and_rotates(spool, monkeypatch, concurrent):
     kept = await _commit(spool, b"durable before the failure")
     [first_segment] = _segment_paths(spool)
-    real = spool_mod._sync_file
+    real = fileio._sync_file
     fail = [True]
 
     def eio_once(fd):
@@ -702,7 +720,7 @@ async def test_segment_fdatasync_failure_fails_its_commits_and_rotates(spool, mo
             raise OSError(errno.EIO, "Input/output error")
         real(fd)
 
-    monkeypatch.setattr(spool_mod, "_sync_file", eio_once)
+    _patch(monkeypatch, "_sync_file", eio_once)
     failures = []
 
     async def one():
@@ -732,7 +750,7 @@ async def test_directory_fsync_failure_raises_and_unqueues(spool, monkeypatch, c
     def eio(path):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_mod, "_sync_dir", eio)
+    _patch(monkeypatch, "_sync_dir", eio)
     failures = []
 
     async def one():
@@ -768,7 +786,7 @@ def test_ids_unique_and_sortable():
     ids = [spool_mod.new_id() for _ in range(20000)]
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
-    assert all(spool_mod._ID_RE.fullmatch(i) for i in ids)
+    assert all(_ID_RE.fullmatch(i) for i in ids)
 
 
 async def test_writer_ids_sort_in_arrival_order_and_files_are_0600(tmp_path):
@@ -833,13 +851,13 @@ async def test_remove_is_durable_and_final(spool):
 async def test_concurrent_aremoves_share_fdatasyncs(spool, monkeypatch):
     ids = [await _commit(spool, b"x" * 100) for _ in range(30)]
     syncs = []
-    real = spool_mod._sync_file
+    real = fileio._sync_file
 
     def counting(fd):
         syncs.append(fd)
         real(fd)
 
-    monkeypatch.setattr(spool_mod, "_sync_file", counting)
+    _patch(monkeypatch, "_sync_file", counting)
     async with trio.open_nursery() as nursery:
         for msg_id in ids:
             nursery.start_soon(spool.aremove, msg_id)
@@ -878,13 +896,13 @@ async def test_open_writer_after_aclose_raises(spool):
 
 async def test_segments_rotate_at_their_size(tmp_path, monkeypatch):
     dir_syncs = []
-    real = spool_mod._sync_dir
+    real = sync_dir
 
     def counting(path):
         dir_syncs.append(path)
         real(path)
 
-    monkeypatch.setattr(spool_mod, "_sync_dir", counting)
+    _patch(monkeypatch, "_sync_dir", counting)
     spool = DirectorySpool(tmp_path / "spool", segment_size=8192)
     dir_syncs.clear()
     bodies = {}

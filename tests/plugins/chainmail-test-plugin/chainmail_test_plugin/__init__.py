@@ -124,6 +124,14 @@ class RecordingDelivery:
         return HookResult.ok()
 
 
+class PassedGreylist:
+    """A greylister whose every client has passed its retry: OK for every recipient.  Not a
+    relay authoriser, so the server's relay decision still applies to outside domains."""
+
+    def on_rcpt(self, recipient):
+        return HookResult.ok()
+
+
 # -- mailets (entry-point group ``chainmail.mailets``) ----------------------------------------
 
 from chainmail.mailet.api import GenericMailet, MailetError  # noqa: E402

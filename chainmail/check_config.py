@@ -1,0 +1,127 @@
+"""``chainmail check-config``: everything the configuration says, and every error in it.
+
+The server stops at the first error; an operator porting a configuration wants them all
+at once.  Every file, server block, handler, mailet and matcher is read on its own and
+its errors collected; the TLS material of every block is opened as ``run`` opens it;
+``dnsservice.xml`` and every mailet's parameters are shown.  The exit status is 1 when
+anything is wrong (with ``strict``, when anything is warned about too).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from typing import TextIO
+
+from .config import ConfigError, ConfigWarning, collect_config, describe_server
+from .config.errors import every_error
+
+__all__ = ["check_config"]
+
+
+def check_config(conf: str, var: str, *, strict: bool = False, out: TextIO | None = None,
+                 err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    errors: list[ConfigError] = []
+    warnings: list[ConfigWarning] = []
+    config, found = collect_config(conf)
+    errors.extend(found)
+    if config is None:
+        return _report(errors, warnings, strict, out, err)
+    warnings.extend(config.warnings)
+    print(f"# configuration directory {conf}", file=out)
+    from .server.workers import worker_count
+    count = worker_count((*config.smtp_servers, *config.lmtp_servers))
+    print(f"worker processes = {count} (ioWorkerCount, the largest of the enabled blocks; "
+          f"{'one process, no supervisor' if count == 1 else 'a supervisor and its workers'})",
+          file=out)
+    dl = config.domainlist
+    print(f"domainlist: domains={', '.join(dl.domains) or '(none)'} defaultDomain={dl.default_domain} "
+          f"autodetect={str(dl.autodetect).lower()} autodetectIP={str(dl.autodetect_ip).lower()}",
+          file=out)
+    for line in _describe_dns(conf, errors, warnings):
+        print(line, file=out)
+    for server in (*config.smtp_servers, *config.lmtp_servers):
+        print(file=out)
+        print(f"[{server.kind}server {server.name}] ({server.file}:{server.line})", file=out)
+        for key, value in describe_server(server):
+            print(f"  {key} = {value}", file=out)
+        if not server.enabled:
+            continue
+        _open_tls(server, errors)
+        for line in _describe_chain(server, errors, warnings):
+            print(line, file=out)
+    from .mailet.cli import describe_container
+    for line in describe_container(conf, var, errors=errors, warnings=warnings):
+        print(line, file=out)
+    return _report(errors, warnings, strict, out, err)
+
+
+def _report(errors: list[ConfigError], warnings: list[ConfigWarning], strict: bool,
+            out: TextIO, err: TextIO) -> int:
+    for warning in warnings:
+        print(str(warning), file=out)
+    errors = every_error(errors)
+    for error in errors:
+        print(f"chainmail: configuration error: {error}", file=err)
+    if errors:
+        print(f"chainmail: {len(errors)} configuration error(s)", file=err)
+        return 1
+    if strict and warnings:
+        print(f"chainmail: {len(warnings)} warning(s), which --strict makes errors", file=err)
+        return 1
+    return 0
+
+
+def _describe_dns(conf: str, errors: list[ConfigError], warnings: list[ConfigWarning]) -> list[str]:
+    from .remote.dns import DEFAULT_PORT, load_dnsservice
+    path = os.path.join(conf, "dnsservice.xml")
+    try:
+        dns = load_dnsservice(path)
+    except ConfigError as exc:
+        errors.append(exc)
+        return [f"dnsservice: ({path}) not readable, see the errors"]
+    warnings.extend(dns.warnings)
+    where = path if os.path.exists(path) else f"{path} not found: James's defaults"
+    servers = ", ".join(h if p == DEFAULT_PORT else f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                        for h, p in dns.servers) or "(none)"
+    return [f"dnsservice: ({where})",
+            f"  servers = {servers}",
+            f"  autodiscover = {str(dns.autodiscover).lower()} (the system's resolv.conf servers "
+            f"{'are' if dns.autodiscover else 'are not'} added)",
+            f"  authoritative = {str(dns.authoritative).lower()}",
+            f"  maxcachesize = {dns.max_cache_size}",
+            f"  singleIPperMX = {str(dns.single_ip_per_mx).lower()}",
+            f"  timeout = {dns.timeout:g} seconds"]
+
+
+def _open_tls(server, errors: list[ConfigError]) -> None:
+    """Open the keystore or PEM pair (and SNI certificates) as ``run`` does, so that a wrong
+    secret, a JKS file or a missing file is found now rather than at start."""
+    tls = server.tls
+    if not tls.enabled:
+        return
+    from .server.tls import build_server_context
+    try:
+        build_server_context(tls)
+    except ConfigError as exc:
+        if tls.keystore and not os.path.exists(tls.keystore):
+            exc = ConfigError(exc.file, exc.line, exc.element, f"{exc.message}; expected an "
+                              "existing PKCS12 keystore (`chainmail keystore` creates a "
+                              "self-signed one for trying TLS out)")
+        errors.append(exc)
+    except (ssl.SSLError, OSError) as exc:
+        errors.append(ConfigError(tls.file, tls.line, "tls", f"the key material cannot be "
+                                  f"used: {exc}; expected a matching private key and certificate"))
+
+
+def _describe_chain(server, errors: list[ConfigError], warnings: list[ConfigWarning]) -> list[str]:
+    from .chain import build_chain
+    from .server.context import ServerContext
+    ctx = ServerContext(server, domains=None, spool=None)
+    chain = build_chain(server.handlerchain, ctx, timeout=server.handler_timeout,
+                        errors=errors, warnings=warnings)
+    lines = ["  handler chain, in call order:"]
+    return lines + [f"    {i:2d}. {line}" for i, line in enumerate(chain.describe(), 1)]

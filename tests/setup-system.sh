@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The system tools the tests drive as real clients and peers: swaks (with the Perl modules for
+# --tls and --auth), Postfix's smtp-source/smtp-sink/sendmail, HAProxy, openssl, curl and ip.
+# Installs what is missing when run as root on a machine with apt-get; otherwise prints one
+# line saying how to install it, and fails.  Never leaves a Postfix or HAProxy service running:
+# the tests start their own, on loopback.
+set -euo pipefail
+
+# Debian package -> how to tell it is usable (a command, or a Perl module).
+checks=(
+  "swaks:cmd:swaks"
+  "libnet-ssleay-perl:perl:Net::SSLeay"
+  "libio-socket-ssl-perl:perl:IO::Socket::SSL"
+  "libauthen-sasl-perl:perl:Authen::SASL"
+  "postfix:cmd:smtp-source"
+  "haproxy:cmd:haproxy"
+  "openssl:cmd:openssl"
+  "curl:cmd:curl"
+  "iproute2:cmd:ip"
+)
+
+have() {
+  local kind=$1 what=$2
+  case $kind in
+    cmd) PATH="$PATH:/usr/sbin:/sbin" command -v "$what" >/dev/null 2>&1 ;;
+    perl) perl -M"$what" -e 1 >/dev/null 2>&1 ;;
+  esac
+}
+
+# Whatever the package scripts start (or an earlier install left running) is stopped on the
+# way out, installed now or not.
+stop_services() {
+  if [ "$(id -u)" = 0 ]; then
+    postfix stop >/dev/null 2>&1 || true
+    service haproxy stop >/dev/null 2>&1 || true
+  fi
+}
+trap stop_services EXIT
+
+missing=()
+for check in "${checks[@]}"; do
+  IFS=: read -r package kind what <<<"$check"
+  have "$kind" "$what" || missing+=("$package")
+done
+((${#missing[@]})) || exit 0
+
+install="apt-get install -y --no-install-recommends ${missing[*]}"
+preseed='echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && apt-get update'
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "make test needs ${missing[*]}: install them as root with: $preseed && $install" \
+       "(or run make test as root on Debian, which does it)" >&2
+  exit 1
+fi
+
+echo "installing the tools the tests use: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Postfix only for its tools (smtp-source, smtp-sink): no configuration, no daemon.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
