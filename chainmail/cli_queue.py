@@ -24,6 +24,8 @@ import os
 import sys
 import time
 
+from .durations import format_age
+
 __all__ = ["add_subcommands", "run", "format_age"]
 
 
@@ -230,15 +232,3 @@ def _queue_remove_one(queues, msg_id: str):
                     continue
                 removed = where, entry
     return removed
-
-
-def format_age(seconds: float) -> str:
-    """A duration as the queue listings show it: 95s, 14m, 5h, 3d."""
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"

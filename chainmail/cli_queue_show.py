@@ -14,6 +14,8 @@ import time
 from datetime import datetime
 from typing import Any, Iterator
 
+from .durations import format_age
+
 __all__ = ["show", "hold", "release", "find"]
 
 
@@ -38,7 +40,6 @@ def find(var: str, queue_id: str) -> list[tuple[str, Any, Any]]:
 
 
 def _when(epoch: float, now: float) -> str:
-    from .cli_queue import format_age
     stamp = datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
     delta = epoch - now
     return f"{stamp} ({'in ' + format_age(delta) if delta > 0 else format_age(-delta) + ' ago'})"

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from ..cli_queue import format_age
+from ..durations import format_age
 
 __all__ = ["add_subcommands", "run", "describe_container"]
 

@@ -8,6 +8,7 @@ connections: the replies a test reads are the bytes a client would get.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import tempfile
@@ -231,10 +232,28 @@ class SessionDriver:
             lines.append(self._read_line())
         return parse_reply(lines)
 
-    def raw(self, data: bytes, replies: int = 1) -> list[Reply]:
+    def _read_until_closed(self) -> list[Reply]:
+        """Every reply up to the server's hang-up, which must come between two replies."""
+        replies: list[Reply] = []
+        while True:
+            try:
+                first = self._read_line()
+            except SessionClosed:
+                if self._runner_error is not None:
+                    raise
+                return replies
+            lines = [first]
+            while lines[-1][3:4] == "-":
+                lines.append(self._read_line())
+            replies.append(parse_reply(lines))
+
+    def raw(self, data: bytes, replies: int | None = 1) -> list[Reply]:
         """Send ``data`` exactly as given (pipelined commands, bare line ends) and read
-        ``replies`` replies."""
+        ``replies`` replies; ``None`` reads every reply until the server closes the
+        connection (after a QUIT, or a refusal that ends the session)."""
         self._running().call(self._send, bytes(data), timeout=self.timeout)
+        if replies is None:
+            return self._read_until_closed()
         return [self._read_reply() for _ in range(replies)]
 
     def command(self, line: str) -> Reply:
@@ -272,6 +291,13 @@ class SessionDriver:
 
     def rset(self) -> Reply:
         return self.command("RSET")
+
+    def login(self, username: str, password: str) -> Reply:
+        """``AUTH PLAIN`` with the credentials as initial response (what ``smtplib``'s
+        ``login`` sends); the server must offer AUTH (a core package with it, and ``tls=True``
+        unless ``<auth><requireSSL>`` is false)."""
+        token = base64.b64encode(f"\0{username}\0{password}".encode("utf-8")).decode("ascii")
+        return self.command(f"AUTH PLAIN {token}")
 
     def noop(self) -> Reply:
         return self.command("NOOP")

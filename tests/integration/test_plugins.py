@@ -1,23 +1,13 @@
 """A third-party handler package (tests/plugins/chainmail-test-plugin), installed with its own
-entry points, named in <handlerchain> and driven through a real server.  Its handlers'
-behaviour in a session is tested without a server in tests/plugins/test_test_plugin_handlers.py."""
+entry points and named in <handlerchain>, as the command line loads it (``run``,
+``check-config``).  Its handlers' replies in a session are tested without a server in
+tests/session/test_plugin_replies.py and tests/plugins/test_test_plugin_handlers.py."""
 
 from __future__ import annotations
 
 import subprocess
 
-from ..conftest import CHAINMAIL, cli_on_conf, raw_exchange
-
-BLOCK_A = ('<handler class="RecipientBlocker"><blocked>blocked@local.test</blocked>'
-           '<code>551</code><enhanced>5.7.1</enhanced><text>Handler A says no</text></handler>')
-
-
-def test_deny_with_custom_code_and_text_reaches_the_client(chainmail_factory):
-    server = chainmail_factory(handlers=BLOCK_A)
-    data = raw_exchange(server.port, b"EHLO t\r\nMAIL FROM:<a@remote.example>\r\n"
-                        b"RCPT TO:<blocked@local.test>\r\nRCPT TO:<ok@local.test>\r\nQUIT\r\n")
-    assert b"551 5.7.1 Handler A says no\r\n" in data
-    assert b"250 2.1.5 Recipient <ok@local.test> OK\r\n" in data
+from ..conftest import CHAINMAIL, cli_on_conf
 
 
 def test_bad_handler_parameter_is_a_configuration_error(tmp_path):

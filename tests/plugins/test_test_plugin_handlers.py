@@ -1,6 +1,7 @@
 """The handlers of tests/plugins/chainmail-test-plugin, named in <handlerchain> XML and found
 through their entry points, driven with chainmail.testing's session driver (no socket, no
-subprocess).  tests/integration/test_plugins.py keeps the end-to-end run through a server."""
+subprocess).  tests/testing/test_server.py runs plugin handlers named in XML through a real
+``chainmail run``; tests/integration/test_plugins.py keeps the command-line checks."""
 
 from __future__ import annotations
 
