@@ -174,6 +174,9 @@ class RcptCmdHandler:
         reply = _verdict_reply(verdict, ok)
         if reply is not None and not reply.is_positive:
             return reply
+        if verdict is not None and verdict.action is Action.OK and any(
+                r.local == rcpt.local and r.domain_lower == rcpt.domain_lower for r in tx.recipients):
+            return reply or ok   # a hook accepted a recipient already listed: not listed twice
         tx.recipients.append(rcpt)
         tx.rcpt_params.append(parsed.parameters)
         return reply or ok
