@@ -20,6 +20,7 @@ within a second (``chainmail.store.holds``).  Exit status: 0 done, 1 an id was n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -217,12 +218,9 @@ def _queue_remove_one(queues, msg_id: str):
     removes every entry of that message (its retries, the copies made of it)."""
     removed = None
     for where, spool in queues:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             entry = spool.get(msg_id)
             spool.remove(msg_id)
-        except (KeyError, ValueError):
-            pass
-        else:
             return where, entry
         for entry in spool.list():
             if _qid(entry) == msg_id or _qid(entry).startswith(msg_id + "-"):

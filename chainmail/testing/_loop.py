@@ -3,6 +3,7 @@ a plain ``def`` test, a pytest-trio test, or a test on asyncio."""
 
 from __future__ import annotations
 
+import contextlib
 import concurrent.futures
 import threading
 from typing import Any, Awaitable, Callable
@@ -87,10 +88,8 @@ class TrioThread:
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what still runs and end the thread."""
         if self._thread.is_alive():
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._stop.set)
-            except trio.RunFinishedError:
-                pass
             self._thread.join(timeout)
         if self._error is not None:
             raise self._error

@@ -8,6 +8,7 @@ connections: the replies a test reads are the bytes a client would get.
 
 from __future__ import annotations
 
+import contextlib
 import base64
 import re
 import shutil
@@ -201,10 +202,9 @@ class SessionDriver:
 
     # -- talking ---------------------------------------------------------------------------
     async def _send(self, data: bytes) -> None:
-        try:
+        # The server may have closed: reading tells the test.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._client.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the server has closed: reading tells the test
 
     async def _receive(self) -> bytes:
         return await self._client.receive_some(65536)

@@ -36,7 +36,7 @@ class Threaded:
 
 class AsyncioMethod:
     async def service(self, mail):
-        pass
+        return None
     service.runs_on = "asyncio"
 
 

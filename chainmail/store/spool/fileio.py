@@ -3,6 +3,7 @@ bounded to one body inside a larger file."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -43,17 +44,13 @@ else:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def _close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 class _BodyReader(io.RawIOBase):

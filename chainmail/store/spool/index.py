@@ -149,9 +149,8 @@ class _SegmentIndex(_SegmentLog, _LargeFiles):
                         pos = record.end
                         continue
                     status = _BAD_HEAD
-                if pos < reader.size and _zeros_to_end(reader, pos):
-                    pass  # space its writer reserved ahead and did not use
-                elif pos < reader.size:
+                # Zeros to the end are space its writer reserved ahead and did not use.
+                if pos < reader.size and not _zeros_to_end(reader, pos):
                     found = _find_record_after(reader, pos) if status == _BAD_HEAD else None
                     if found is None:
                         log.info(

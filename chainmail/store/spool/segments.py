@@ -10,6 +10,7 @@ created, renamed or unlinked per message.  Reading other writers' segments is
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -200,10 +201,9 @@ class _SegmentLog:
         if seg.users == 0 and seg.fd is not None:
             fd, seg.fd = seg.fd, None
             if seg.own and seg.failed is None and seg.allocated > seg.end:
-                try:
+                # On failure readers take zeros past the last record for free space.
+                with contextlib.suppress(OSError):
                     os.ftruncate(fd, seg.end)
-                except OSError:
-                    pass  # readers take zeros past the last record for free space
             _close_quietly(fd)
 
     def _release(self, seg: _Segment) -> None:
@@ -252,15 +252,14 @@ class _SegmentLog:
                 continue
             current = seg.round = trio.Event()
             try:
-                if self.sync_inline is not None and self.sync_inline():
-                    # Nobody else to serve: fdatasync on the loop saves the thread
-                    # hand-off and wake-up (~40% of a lone commit's latency).
-                    self._sync_segment(seg)
-                else:
-                    await trio.to_thread.run_sync(self._sync_segment, seg,
-                                                  limiter=self._segment_limiter)
-            except OSError:
-                pass  # seg.failed is set: the loop raises it
+                with contextlib.suppress(OSError):   # seg.failed is set: the loop raises it
+                    if self.sync_inline is not None and self.sync_inline():
+                        # Nobody else to serve: fdatasync on the loop saves the thread
+                        # hand-off and wake-up (~40% of a lone commit's latency).
+                        self._sync_segment(seg)
+                    else:
+                        await trio.to_thread.run_sync(self._sync_segment, seg,
+                                                      limiter=self._segment_limiter)
             finally:
                 seg.round = None
                 current.set()

@@ -34,7 +34,7 @@ class Service:
                 self.wfile.write(body.encode())
 
             def log_message(self, *args):
-                pass
+                return None   # keep the test output quiet
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/check"
