@@ -162,7 +162,8 @@ class HandlerSpec:
         """The whole message was received.
 
         :param session: the connection.
-        :param message: envelope, size, body reader and spool writer.
+        :param message: envelope, size, the whole message (``message.read()``) and
+            ``message.add_header(name, value)`` for result fields stored on top of it.
 
         Calling rule: verdict, first decided wins and becomes the DATA reply.  The core
         spool hand-off is itself the last ``on_message`` hook (``250 2.6.0``): an OK before

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import Session, Transaction
 
-__all__ = ["IncomingMessage"]
+__all__ = ["IncomingMessage", "header_field"]
 
 
 class IncomingMessage:
@@ -19,7 +22,7 @@ class IncomingMessage:
     """
 
     __slots__ = ("session", "transaction", "writer", "size", "queue_id", "attributes", "head",
-                 "body_file")
+                 "body_file", "_added")
 
     def __init__(self, session: "Session", transaction: "Transaction", writer: Any, size: int):
         self.session = session
@@ -32,13 +35,32 @@ class IncomingMessage:
         """The client's header section (up to 64 KiB), for header checks."""
         self.body_file = None
         """LMTP: the received message (prepended headers included), readable from the start."""
+        self._added: list[bytes] = []   # header fields added by filters, newest first
 
     def read(self) -> bytes:
-        """The whole message (LMTP delivery hooks)."""
-        if self.body_file is None:
-            raise RuntimeError("the message body is only readable during LMTP delivery")
-        self.body_file.seek(0)
-        return self.body_file.read()
+        """The whole message as it will be stored: the fields filters added
+        (:meth:`add_header`), the prepended trace fields and what the client sent.  Bounded by
+        ``maxmessagesize``; a filter that needs the body (a spam or DKIM check) reads it here."""
+        added = b"".join(self._added)
+        if self.body_file is not None:
+            self.body_file.seek(0)
+            return added + self.body_file.read()
+        if self.writer is None:
+            raise RuntimeError("this message has no stored content")
+        return added + self.writer.contents()
+
+    def add_header(self, name: str, value: str) -> None:
+        """Add the header field ``name: value`` on top of the message (trace and result
+        fields such as ``Authentication-Results`` or ``X-Spam-Status``; newer fields go above
+        older ones, as RFC 5321 §4.4 has trace fields).  ``value`` may be folded with CRLF
+        followed by a space or tab; any other CR or LF, or a malformed name, is refused with
+        ``ValueError`` so that no filter can smuggle a line into the message."""
+        self._added.insert(0, header_field(name, value))
+
+    @property
+    def added_headers(self) -> bytes:
+        """The header fields added so far, as they will be stored (CRLF-terminated)."""
+        return b"".join(self._added)
 
     @property
     def sender(self):
@@ -75,9 +97,30 @@ class IncomingMessage:
         )
 
     async def commit(self) -> str:
+        if self._added:
+            added, self._added = b"".join(self._added), []
+            if self.writer.spilled:
+                await trio.to_thread.run_sync(self.writer.prepend, added)
+            else:
+                self.writer.prepend(added)
         self.queue_id = await self.writer.commit(self.envelope())
         return self.queue_id
 
     @property
     def committed(self) -> bool:
         return self.queue_id is not None
+
+
+_FIELD_NAME = re.compile(r"[!-9;-~]+")   # RFC 5322 §3.6.8 ftext
+_FOLD = re.compile(r"\r\n(?=[ \t])")
+
+
+def header_field(name: str, value: str) -> bytes:
+    """``name: value`` CRLF as bytes (UTF-8), checked as :meth:`IncomingMessage.add_header`
+    says."""
+    if not _FIELD_NAME.fullmatch(name):
+        raise ValueError(f"not a header field name: {name!r}")
+    unfolded = _FOLD.sub("", value)
+    if "\r" in unfolded or "\n" in unfolded or "\0" in unfolded:
+        raise ValueError(f"header field {name}: a CR, LF or NUL outside folding")
+    return f"{name}: {value}\r\n".encode("utf-8")

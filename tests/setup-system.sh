@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The system tools the tests drive as real clients and peers: swaks (with the Perl modules for
-# --tls and --auth), Postfix's smtp-source/smtp-sink/sendmail, HAProxy, openssl, curl and ip.
+# --tls and --auth), Postfix's smtp-source/smtp-sink/sendmail, HAProxy, openssl, curl and ip,
+# and the spam filters the spam-check handlers talk to (SpamAssassin's spamd, rspamd).
 # Installs what is missing when run as root on a machine with apt-get; otherwise prints one
-# line saying how to install it, and fails.  Never leaves a Postfix or HAProxy service running:
+# line saying how to install it, and fails.  Never leaves a Postfix, HAProxy, spamd or rspamd service running:
 # the tests start their own, on loopback.
 set -euo pipefail
 
@@ -17,6 +18,9 @@ checks=(
   "openssl:cmd:openssl"
   "curl:cmd:curl"
   "iproute2:cmd:ip"
+  "spamd:cmd:spamd"
+  "spamassassin:cmd:spamassassin"
+  "rspamd:cmd:rspamd"
 )
 
 have() {
@@ -33,6 +37,9 @@ stop_services() {
   if [ "$(id -u)" = 0 ]; then
     postfix stop >/dev/null 2>&1 || true
     service haproxy stop >/dev/null 2>&1 || true
+    service spamd stop >/dev/null 2>&1 || true
+    service spamassassin stop >/dev/null 2>&1 || true
+    service rspamd stop >/dev/null 2>&1 || true
   fi
 }
 trap stop_services EXIT

@@ -41,6 +41,7 @@ import dns.nameserver
 import dns.name
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 
 from ..config.errors import ConfigWarning
 from ..config.xml import Reader, children_named, first_child, parse_file, text_of
@@ -249,6 +250,26 @@ class DnsService:
             except dns.resolver.NXDOMAIN:
                 return []
         return out
+
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each one string (its character-strings joined, as
+        RFC 7208 §3.3 reads them); ``[]`` for NXDOMAIN or no TXT records.  Raises
+        :class:`DnsTemporaryError`."""
+        try:
+            records = await self._query(name, "TXT")
+        except dns.resolver.NXDOMAIN:
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in records]
+
+    async def ptr(self, address: str) -> list[str]:
+        """The reverse names of an IP address (lower case, no final dot); ``[]`` for none.
+        Raises :class:`DnsTemporaryError`."""
+        name = dns.reversename.from_address(address).to_text()
+        try:
+            records = await self._query(name, "PTR")
+        except dns.resolver.NXDOMAIN:
+            return []
+        return [r.target.to_text(omit_final_dot=True).lower() for r in records]
 
     async def find_mx(self, domain: str) -> list[tuple[int, str]]:
         """The MX targets as ``(preference, name)``, best first, equal preferences shuffled.

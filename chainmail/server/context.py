@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -12,6 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only: these modules import the ser
     from ..chain import Chain
     from ..config.server import ServerConfig
     from ..mailet.engine import MailetEngine
+    from ..remote.dns import DnsService
     from ..store.domains import DomainStore
     from ..store.mailbox import MailboxStore
     from ..store.rrt import RecipientRewriteTable
@@ -69,6 +71,29 @@ class ServerContext:
         self.sessions: set[SessionRunner] = set()   # the open connections
         self.draining = False
         self.bound: list[tuple[str, int]] = []
+        self._dns: DnsService | None = None
+
+    @property
+    def conf_dir(self) -> str:
+        """The directory of the block's configuration file (where ``dnsservice.xml`` is)."""
+        return os.path.dirname(os.path.abspath(self.config.file)) if self.config.file else "conf"
+
+    @property
+    def var_dir(self) -> str:
+        """The state directory (the one holding the spool), where handlers keep their state."""
+        if self.spool is None:
+            raise RuntimeError("this server has no state directory (no spool)")
+        return os.path.dirname(self.spool.root)
+
+    @property
+    def dns(self) -> DnsService:
+        """The resolver of ``dnsservice.xml`` beside the configuration, shared by every handler
+        of the block: asynchronous, cached (``maxcachesize``) and bounded by ``timeout``.
+        Opened at the first question, so a chain that asks none never reads the file."""
+        if self._dns is None:
+            from ..remote.dns import DnsService, load_dnsservice
+            self._dns = DnsService(load_dnsservice(os.path.join(self.conf_dir, "dnsservice.xml")))
+        return self._dns
 
     def is_local_domain(self, domain: str) -> bool:
         """A domain of the domain list, directly or through a domain alias."""

@@ -91,6 +91,46 @@ class SpoolWriter:
         else:
             buf.clear()
 
+    @property
+    def spilled(self) -> bool:
+        """True once the message went to the temporary file (more than the buffer limit)."""
+        return self._fd is not None
+
+    def contents(self) -> bytes:
+        """Everything written so far, for filters that read the whole message after DATA
+        (bounded by the server's ``maxmessagesize``).  Reads the temporary file when the
+        message spilled to it."""
+        if self._state is not _OPEN:
+            raise RuntimeError(f"spool writer {self.id} is {self._state}")
+        if self._error is not None:
+            raise self._error
+        if self._fd is None:
+            return bytes(self._buf)
+        with open(self._spool._tmp_path(self.id), "rb") as spilled:
+            return spilled.read() + bytes(self._buf)
+
+    def prepend(self, data: bytes) -> None:
+        """Put ``data`` in front of the message: header fields a filter adds once the whole
+        message is known (``IncomingMessage.add_header``).  A spilled message's file is
+        rewritten with ``data`` first (blocking I/O: call it from a worker thread then)."""
+        if self._state is not _OPEN:
+            raise RuntimeError(f"spool writer {self.id} is {self._state}")
+        self.size += len(data)
+        if self._error is not None:
+            return
+        if self._fd is None:
+            self._buf[0:0] = data
+            return
+        path = self._spool._tmp_path(self.id)
+        try:
+            fd = _rewrite_with_prefix(path, data)
+        except OSError as exc:
+            self._discard()
+            self._error = exc
+            return
+        _close_quietly(self._fd)
+        self._fd = fd
+
     async def commit(self, envelope: Envelope) -> str:
         """Make the message durable in the queue and return its id.
 
@@ -150,3 +190,21 @@ class SpoolWriter:
 
     def __repr__(self) -> str:
         return f"<SpoolWriter {self.id} {self._state} size={self.size}>"
+
+
+def _rewrite_with_prefix(path: str, prefix: bytes) -> int:
+    """Replace the file at ``path`` by ``prefix`` + its content; the new file's descriptor,
+    positioned at its end, is returned (the old one is left to the caller to close)."""
+    new_path = path + ".prefixed"
+    fd = os.open(new_path, _CREATE_FLAGS, 0o600)
+    try:
+        _write_all(fd, (prefix,))
+        with open(path, "rb") as old:
+            while chunk := old.read(1 << 20):
+                _write_all(fd, (chunk,))
+        os.replace(new_path, path)
+    except BaseException:
+        _close_quietly(fd)
+        _unlink_quietly(new_path)
+        raise
+    return fd
