@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import trio
 
+from chainmail.config.netmatch import NetworkSet
 from chainmail.protocol.replies import Reply
 from chainmail.verdict import HookResult
 
@@ -89,40 +90,66 @@ class TarpitHandler:
 class AllowedUnauthenticatedSender:
     """A client allowed to relay by its address (``authorizedAddresses``) but not
     authenticated may only use the senders listed in ``allowedSenders/allowedSender``
-    (whole addresses, or ``@domain`` for a domain), and the null sender when
-    ``allowNullSender`` is true.  Authenticated and non-relaying sessions are left alone.
-    James's per-sender ``fromIps`` attribute is not read: attributes of nested parameter
-    elements do not reach handlers."""
+    (whole addresses, or ``@domain`` for a domain), each optionally only from the networks of
+    its ``fromIps`` attribute, and the null sender when ``allowNullSender`` is true.
+    Authenticated and non-relaying sessions are left alone."""
 
     parameters = ("allowNullSender", "allowedSenders", "allowedSenders.allowedSender")
 
     def configure(self, config):
         self.allow_null = config.get_bool("allowNullSender", False)
-        self.addresses: set[str] = set()
-        self.domains: set[str] = set()
-        for entry in config.get_list("allowedSenders.allowedSender"):
-            if entry.startswith("@"):
-                self.domains.add(entry[1:].lower())
-            elif "@" in entry:
-                local, _, domain = entry.rpartition("@")
-                self.addresses.add(f"{local}@{domain.lower()}")
+        #: (address or "@domain", networks or None), in the order given
+        self.entries: list[tuple[str, NetworkSet | None]] = []
+        for text, from_ips, line in _allowed_sender_elements(config):
+            if text.startswith("@") and len(text) > 1:
+                key = "@" + text[1:].lower()
+            elif "@" in text.strip("@"):
+                local, _, domain = text.rpartition("@")
+                key = f"{local}@{domain.lower()}"
             else:
                 raise config.error("allowedSenders.allowedSender",
-                                   f"{entry!r} is not an address (local@domain) or @domain")
+                                   f"{text!r} is not an address (local@domain) or @domain")
+            networks = None
+            if from_ips is not None:
+                networks = NetworkSet(from_ips.split(","), file=config.file, line=line,
+                                      element="allowedSender fromIps")
+                if networks.warnings:
+                    raise config.error("allowedSenders.allowedSender[@fromIps]",
+                                       networks.warnings[0].message)
+            self.entries.append((key, networks))
+        if not self.entries:
+            raise config.error("allowedSenders.allowedSender",
+                               "at least one <allowedSender> entry (as James requires)")
 
     def on_mail(self, session, sender):
         if not session.relaying_allowed or session.auth_user is not None:
             return None
+        ip = session.remote_ip
         if sender is None:
             if self.allow_null:
                 return None
-        elif f"{sender.local}@{sender.domain_lower}" in self.addresses \
-                or sender.domain_lower in self.domains:
-            return None
-        text = "<>" if sender is None else str(sender)
+        else:
+            whole, domain = f"{sender.local}@{sender.domain_lower}", f"@{sender.domain_lower}"
+            for key, networks in self.entries:
+                if key in (whole, domain) and (networks is None or networks.contains(ip)):
+                    return None
+        text = "" if sender is None else str(sender)
         return HookResult.reply(Reply.of(
-            550, f"Sender {text} is not allowed for unauthenticated connection from "
-                 f"{session.remote_ip}", "5.7.1"))
+            550, f"Sender <{text}> is not allowed for unauthenticated connection from {ip}",
+            "5.7.1"))
+
+
+def _allowed_sender_elements(config):
+    """``(text, fromIps or None, line)`` of each ``allowedSenders/allowedSender``: read from
+    the XML element when there is one (attributes do not reach ``get_list``)."""
+    element = config.element
+    if element is None:
+        return [(text, None, config.line) for text in config.get_list("allowedSenders.allowedSender")]
+    found = []
+    for group in element.iterchildren("allowedSenders"):
+        for entry in group.iterchildren("allowedSender"):
+            found.append(((entry.text or "").strip(), entry.get("fromIps"), entry.sourceline))
+    return found
 
 
 def _same(a, b) -> bool:

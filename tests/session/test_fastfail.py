@@ -87,9 +87,35 @@ def test_unauthenticated_relay_client_may_use_only_listed_senders(chainmail_sess
     assert s.mail("anyone@Partner.Example").code == 250
     s.rset()
     assert str(s.mail("other@local.test")) == \
-        "550 5.7.1 Sender other@local.test is not allowed for unauthenticated connection from 127.0.0.1"
+        "550 5.7.1 Sender <other@local.test> is not allowed for unauthenticated connection from 127.0.0.1"
     assert str(s.mail("")) == \
         "550 5.7.1 Sender <> is not allowed for unauthenticated connection from 127.0.0.1"
+
+
+def test_from_ips_limits_a_sender_to_its_networks(chainmail_session):
+    xml = ALLOWED.replace("<allowedSender>app@local.test</allowedSender>",
+                          '<allowedSender fromIps="10.0.0.0/8, 192.0.2.7">app@local.test</allowedSender>')
+    outside = chainmail_session(xml, helo="c")   # 127.0.0.1, authorized but not listed
+    assert str(outside.mail("app@local.test")) == \
+        "550 5.7.1 Sender <app@local.test> is not allowed for unauthenticated connection from 127.0.0.1"
+    assert outside.mail("x@partner.example").code == 250   # an entry without fromIps
+    inside = chainmail_session(xml, helo="c", remote_ip="192.0.2.7", relaying_allowed=True)
+    assert inside.mail("app@local.test").code == 250
+
+
+def test_allowed_sender_list_is_required_and_checked(chainmail_session):
+    import pytest
+
+    from chainmail.config.errors import ConfigError
+
+    empty = ('<handler class="AllowedUnauthenticatedSender">'
+             "<allowNullSender>true</allowNullSender></handler>")
+    with pytest.raises(ConfigError, match="at least one <allowedSender>"):
+        chainmail_session(empty)
+    bad_ips = ALLOWED.replace("<allowedSender>app@local.test</allowedSender>",
+                              '<allowedSender fromIps="not-a-net">app@local.test</allowedSender>')
+    with pytest.raises(ConfigError, match="not-a-net"):
+        chainmail_session(bad_ips)
 
 
 def test_null_sender_allowed_when_configured(chainmail_session):
