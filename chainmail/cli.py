@@ -12,6 +12,8 @@ import os
 import sys
 
 from . import cli_accounts, cli_queue, logsetup
+from . import cli_filters
+from . import cli_sieve
 from .config import load_config
 from .config.errors import ConfigError
 
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "file does not exist yet")
     cli_queue.add_subcommands(sub, common)
     cli_accounts.add_subcommands(sub, common)
+    cli_filters.add_subcommands(sub, common)
+    cli_sieve.add_subcommands(sub, common)
     from .mailet import cli as mailet_cli
     mailet_cli.add_subcommands(sub, common)
     relaycheck = sub.add_parser("relaycheck", parents=[common],
@@ -172,6 +176,10 @@ def _main(args) -> int:
             return _keystore(conf)
         if args.command in ("user", "alias"):
             return cli_accounts.run(args, conf, var)
+        if args.command in cli_sieve.COMMANDS:
+            return cli_sieve.run(args, conf, var)
+        if args.command == "filter":
+            return cli_filters.run(args, conf, var)
         if args.command in ("repository", "quota"):
             from .mailet import cli as mailet_cli
             return mailet_cli.run(args, conf, var)

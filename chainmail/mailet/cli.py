@@ -172,6 +172,10 @@ def _show(repo, key: str | None) -> int:
     return 0
 
 
+#: James's attribute counting how often a mail was reprocessed from a repository
+REPROCESSING = "mailRepository-reprocessing"
+
+
 def _reprocess(repo, keys: list[str], state: str, var: str) -> int:
     import trio
 
@@ -195,6 +199,10 @@ def _reprocess(repo, keys: list[str], state: str, var: str) -> int:
             mail.state = state
             mail.error_count = 0
             mail.hops = 0
+            # James's ReprocessingService counts reprocessings in this attribute; its sample
+            # error processor does not bounce a reprocessed mail a second time.
+            tries = mail.attributes.get(REPROCESSING)
+            mail.attributes[REPROCESSING] = (tries if isinstance(tries, int) else 0) + 1
             msg_id = await context.commit(mail)
             repo.remove(key)
             print(f"{key} -> spool {msg_id} (state {state})")

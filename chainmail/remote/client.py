@@ -25,7 +25,12 @@ Failures are exceptions with the classification RemoteDelivery needs:
 - :class:`SmtpConnectionError`: the connection could not be made or broke (refused, reset,
   timeout, TLS handshake failure): try the next address, then retry later;
 - :class:`SmtpReplyError`: the server refused a command; ``permanent`` is true for ``5xx``;
-- :class:`SmtpTlsRequiredError`: STARTTLS is required and the server does not offer it.
+- :class:`SmtpTlsRequiredError`: STARTTLS is required and the server does not offer it;
+- :class:`SmtpTlsPolicyError` (a handshake error): the certificate chain fails the check
+  given as ``tls_check`` (DANE, :mod:`chainmail.remote.dane`).
+
+Which TLS a host gets (the context, whether STARTTLS is required, the DANE check) is decided
+by :mod:`chainmail.remote.tlspolicy`.
 
 A refused recipient is not an exception: :meth:`SmtpClient.send` returns one
 :class:`RecipientResult` per recipient.  See docs/remote-delivery.md.
@@ -38,7 +43,7 @@ import re
 import select
 import ssl
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import trio
 
@@ -50,7 +55,7 @@ import idna
 
 __all__ = [
     "SmtpError", "SmtpConnectionError", "SmtpReplyError", "SmtpTlsRequiredError",
-    "SmtpTlsHandshakeError", "RecipientResult", "SendResult", "SmtpClient", "client_tls_context", "dot_stuff",
+    "SmtpTlsHandshakeError", "SmtpTlsPolicyError", "RecipientResult", "SendResult", "SmtpClient", "client_tls_context", "dot_stuff",
 ]
 
 MAX_REPLY_LINE = 4096
@@ -77,6 +82,32 @@ class SmtpTlsRequiredError(SmtpError):
 
 class SmtpTlsHandshakeError(SmtpConnectionError):
     """The TLS handshake failed (e.g. the certificate did not verify): the host offers no usable TLS."""
+
+
+class SmtpTlsPolicyError(SmtpTlsHandshakeError):
+    """The handshake completed but the certificate does not satisfy the domain's policy
+    (a DANE TLSA mismatch): the connection is closed before anything is sent."""
+
+
+#: A check of the server's certificate chain (DER, leaf first) after the handshake:
+#: None when it passes, else why not.
+ChainCheck = Callable[[list[bytes]], "str | None"]
+
+
+def peer_chain(stream: trio.SSLStream) -> list[bytes]:
+    """The certificates the server presented (DER, leaf first), verified or not.
+
+    ``get_unverified_chain`` is public from Python 3.13 and private before; without it only
+    the leaf is known."""
+    obj = getattr(stream, "_ssl_object", None)
+    for holder in (obj, getattr(obj, "_sslobj", None)):
+        method = getattr(holder, "get_unverified_chain", None)
+        if method is not None:
+            chain = method() or []
+            return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+                    for c in chain]
+    leaf = stream.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
 
 
 class SmtpReplyError(SmtpError):
@@ -215,6 +246,7 @@ class SmtpClient:
         self.authenticated = False
         self.messages = 0        # transactions started on this connection
         self.replies = 0         # replies read on this connection
+        self.tls_check: ChainCheck | None = None
 
     # ------------------------------------------------------------------ connecting
 
@@ -223,11 +255,14 @@ class SmtpClient:
                       timeout: float = 180.0, connect_timeout: float = 60.0,
                       tls_context: ssl.SSLContext | None = None,
                       server_hostname: str | None = None, implicit_tls: bool = False,
-                      starttls: str = "opportunistic", bind: str | None = None) -> "SmtpClient":
+                      starttls: str = "opportunistic", bind: str | None = None,
+                      tls_check: ChainCheck | None = None) -> "SmtpClient":
         """Connect, read the greeting, ``EHLO`` and (when asked and offered) ``STARTTLS``.
 
         ``starttls`` is ``"never"``, ``"opportunistic"`` or ``"required"``.
         ``server_hostname`` is the name checked against the certificate (default: ``host``).
+        ``tls_check`` judges the presented chain after the handshake (DANE); when it passes
+        the connection counts as verified, when it fails :class:`SmtpTlsPolicyError` is raised.
         """
         if starttls not in ("never", "opportunistic", "required"):
             raise ValueError(f"starttls={starttls!r}; expected never, opportunistic or required")
@@ -241,6 +276,7 @@ class SmtpClient:
         except OSError as exc:
             raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
         client = cls(stream, host=host, helo_name=helo_name, timeout=timeout)
+        client.tls_check = tls_check
         try:
             if implicit_tls:
                 await client._wrap_tls(ctx, server_hostname or host)
@@ -277,6 +313,11 @@ class SmtpClient:
         self.tls = True
         self.verified = ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
         self.buffer.clear()
+        if self.tls_check is not None:
+            problem = self.tls_check(peer_chain(tls))
+            if problem is not None:
+                raise SmtpTlsPolicyError(f"TLS with {self.host} refused: {problem}")
+            self.verified = True
 
     async def hello(self) -> Reply:
         """``EHLO``, or ``HELO`` when the server refuses EHLO; records the extensions."""

@@ -24,6 +24,7 @@ ignores it too, with a warning).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -267,6 +268,13 @@ class RemoteDeliveryConfig:
     debug: bool = False
     mail_properties: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[ConfigWarning, ...] = ()
+    #: chainmail's TLS policy parameters (docs/delivery.md)
+    ca_file: str | None = None
+    mta_sts: bool = True
+    dnssec: bool = False
+    dane: bool = True
+    #: the parameters the configuration set (James defaults versus explicit choices)
+    given: frozenset[str] = frozenset()
 
     @property
     def max_retries(self) -> int:
@@ -301,6 +309,16 @@ class RemoteDeliveryConfig:
     @property
     def check_server_identity(self) -> bool:
         return self._prop_bool("mail.smtp.ssl.checkserveridentity", self.verify_server_identity)
+
+    @property
+    def verify_explicit(self) -> bool | None:
+        """``verifyServerIdentity`` (or ``mail.smtp.ssl.checkserveridentity``) as configured;
+        None when neither is set (then the TLS policy decides, see docs/delivery.md)."""
+        if "mail.smtp.ssl.checkserveridentity" in self.mail_properties:
+            return self.check_server_identity
+        if "verifyServerIdentity" in self.given:
+            return self.verify_server_identity
+        return None
 
     @classmethod
     def from_params(cls, params: Mapping[str, str | None], *, default_domain: str | None = None,
@@ -416,6 +434,14 @@ class RemoteDeliveryConfig:
 
         helo = optional("heloName") or default_domain or "localhost"
 
+        ca_file = optional("caFile")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise error("caFile", f"{ca_file!r} is not a file; expected a PEM file of CA "
+                                  "certificates")
+        mta_sts = boolean("mtaSts", True)
+        dnssec = boolean("dnssec", False)
+        dane = boolean("dane", True)
+
         return cls(
             outgoing=outgoing,
             delays=delays,
@@ -438,7 +464,12 @@ class RemoteDeliveryConfig:
             use_priority=boolean("usePriority", False),
             debug=boolean("debug", False),
             mail_properties=props,
+            ca_file=ca_file,
+            mta_sts=mta_sts,
+            dnssec=dnssec,
+            dane=dane,
             warnings=tuple(warnings),
+            given=frozenset(k for k, v in params.items() if v is not None and v.strip()),
         )
 
     @classmethod

@@ -14,6 +14,11 @@ order with :class:`chainmail.remote.client.SmtpClient` until one takes the mail:
   ``maxDnsProblemRetries`` times (temporary before); a DNS lookup that could not complete is
   temporary.
 
+TLS is decided per exchanger by :mod:`chainmail.remote.tlspolicy` (REQUIRETLS, DANE, MTA-STS,
+the James parameters, opportunistic TLS): an exchanger a domain policy refuses, or that
+fails it, is skipped, and the attempt is temporary (``451 4.7.5``) when nothing else took
+the mail; opportunistic TLS retries a failed handshake once in clear text.
+
 Beyond James: ``pool`` reuses idle connections (:mod:`chainmail.remote.pool`);
 ``require_tls`` (RFC 8689) skips every host that cannot give verified TLS with REQUIRETLS and
 fails with ``5.7.30`` when none can; DSN parameters (RFC 3461) and MT-PRIORITY (RFC 6710) go
@@ -34,11 +39,12 @@ from typing import Any, Mapping, Sequence
 
 from .client import (
     SendResult, SmtpClient, SmtpConnectionError, SmtpError, SmtpReplyError,
-    SmtpTlsHandshakeError, SmtpTlsRequiredError, client_tls_context,
+    SmtpTlsHandshakeError, SmtpTlsRequiredError,
 )
 from .pool import ConnectionPool, PoolKey
 from .config import RemoteDeliveryConfig
 from .dns import DnsError, DnsService, NoDnsEntries
+from .tlspolicy import REQUIRETLS, HostTls, TlsPolicy
 
 __all__ = ["Target", "Outcome", "deliver", "targets_for", "SUCCESS", "PERMANENT", "TEMPORARY"]
 
@@ -118,20 +124,15 @@ async def targets_for(domain: str, config: RemoteDeliveryConfig, dns: DnsService
     return out
 
 
-def _tls_context(config: RemoteDeliveryConfig) -> ssl.SSLContext:
-    return client_tls_context(verify_identity=config.check_server_identity,
-                              trust_all=config.ssl_trust_all_certs)
-
-
 def _verifies(ctx: ssl.SSLContext) -> bool:
     """RFC 8689 §4.2.1: REQUIRETLS needs the chain and the name verified."""
     return ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
 
 
-def _starttls_mode(config: RemoteDeliveryConfig, require_tls: bool) -> str:
-    if require_tls or config.starttls_required:
-        return "required"
-    return "opportunistic" if config.starttls_enabled else "never"
+def _verification_off(config: RemoteDeliveryConfig) -> bool:
+    """The operator turned certificate checks off (``sslTrustAllCerts``, or
+    ``verifyServerIdentity`` set to false)."""
+    return config.ssl_trust_all_certs or config.verify_explicit is False
 
 
 def _priority(priority: int | None) -> int | None:
@@ -152,27 +153,28 @@ class _Attempt:
     recipients: list[str]
     content: bytes
     config: RemoteDeliveryConfig
-    ctx: ssl.SSLContext
-    starttls: str
+    policy: TlsPolicy
+    domain: str
     pool: ConnectionPool | None
     send_args: dict
 
-    def key(self, target: Target) -> PoolKey:
+    def key(self, target: Target, tls: HostTls) -> PoolKey:
         config = self.config
         auth = config.gateway_username if config.gateways else None
         return PoolKey(target.address, target.port, target.implicit_tls, target.host,
-                       "never" if target.implicit_tls else self.starttls,
-                       (self.ctx.verify_mode, self.ctx.check_hostname), auth,
-                       config.helo_name, config.bind)
+                       "never" if target.implicit_tls else tls.starttls,
+                       (tls.verify, tls.tlsa, tls.source), auth, config.helo_name, config.bind)
 
-    async def connect(self, target: Target) -> SmtpClient:
+    async def connect(self, target: Target, tls: HostTls) -> SmtpClient:
         config = self.config
         client = await SmtpClient.connect(
             target.address, target.port, helo_name=config.helo_name,
             timeout=max(config.timeout_ms, 1) / 1000,
             connect_timeout=max(config.connection_timeout_ms, 1) / 1000,
-            tls_context=self.ctx, server_hostname=target.host, implicit_tls=target.implicit_tls,
-            starttls="never" if target.implicit_tls else self.starttls, bind=config.bind)
+            tls_context=self.policy.context(tls), server_hostname=target.host,
+            implicit_tls=target.implicit_tls,
+            starttls="never" if target.implicit_tls else tls.starttls, bind=config.bind,
+            tls_check=tls.check([target.host, self.domain]))
         if config.gateways and config.gateway_username is not None:
             try:
                 await client.login(config.gateway_username, config.gateway_password or "")
@@ -193,14 +195,14 @@ class _Attempt:
             await client.quit()
             raise
 
-    async def send(self, target: Target) -> tuple[SmtpClient, SendResult]:
+    async def send(self, target: Target, tls: HostTls) -> tuple[SmtpClient, SendResult]:
         """The mail over a pooled connection when one is idle, else over a new one.
 
         A pooled connection that dies before the first reply of the new transaction (or
         answers MAIL with ``421``) was closed by the server while idle: it is replaced once
         by a new connection, and the target does not count as failed.
         """
-        client = await self.pool.take(self.key(target)) if self.pool else None
+        client = await self.pool.take(self.key(target, tls)) if self.pool else None
         if client is not None:
             before = client.replies
             try:
@@ -213,13 +215,34 @@ class _Attempt:
                 if exc.command != "MAIL" or exc.reply.code != 421:
                     raise
                 log.info("%s: idle connection refused (%s); connecting again", target.host, exc)
-        client = await self.connect(target)
+        client = await self.connect(target, tls)
         return client, await self.transaction(client)
 
-    async def release(self, target: Target, client: SmtpClient, result: SendResult) -> None:
+    async def send_with_fallback(self, target: Target,
+                                 tls: HostTls) -> tuple[SmtpClient, SendResult, HostTls]:
+        """:meth:`send`, then the fallbacks the TLS policy allows: after a failed MTA-STS
+        check in testing mode, the host as without the policy; after a failed handshake in
+        opportunistic TLS, the same address once more in clear text (RFC 7435).  Returns the
+        TLS that was used too."""
+        try:
+            return (*await self.send(target, tls), tls)
+        except (SmtpTlsHandshakeError, SmtpTlsRequiredError) as exc:
+            if tls.fallback is not None:
+                log.warning("%s: MTA-STS policy of %s (mode testing) not satisfied: %s; "
+                            "delivering as without the policy", target.host, self.domain, exc)
+                return await self.send_with_fallback(target, tls.fallback)
+            if (tls.clear_fallback and not target.implicit_tls
+                    and isinstance(exc, SmtpTlsHandshakeError)):
+                log.warning("%s: %s; trying once more without TLS", target.host, exc)
+                clear = HostTls("never", source=tls.source)
+                return (*await self.send(target, clear), clear)
+            raise
+
+    async def release(self, target: Target, tls: HostTls, client: SmtpClient,
+                      result: SendResult) -> None:
         """Back to the pool after a delivered mail; QUIT otherwise."""
         if self.pool is not None and result.delivered:
-            await self.pool.give_back(self.key(target), client)
+            await self.pool.give_back(self.key(target, tls), client)
         else:
             await client.quit()
 
@@ -243,13 +266,16 @@ async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
                   mail_params: Mapping[str, Any] | None = None,
                   rcpt_params: Mapping[str, Mapping[str, Any]] | None = None,
                   require_tls: bool = False, priority: int | None = None,
-                  pool: ConnectionPool | None = None) -> Outcome:
+                  pool: ConnectionPool | None = None,
+                  tls_policy: TlsPolicy | None = None) -> Outcome:
     """Try once to deliver ``content`` to ``recipients`` (all of one domain, or via gateways).
 
     ``mail_params`` gives ``RET``/``ENVID`` and ``rcpt_params`` each recipient's
     ``NOTIFY``/``ORCPT`` (RFC 3461; other keys are ignored), sent only to servers offering
     DSN.  ``require_tls`` asks for RFC 8689 REQUIRETLS; ``priority`` is RFC 6710's
     MT-PRIORITY.  ``pool`` reuses idle connections and keeps them after a delivery.
+    ``tls_policy`` decides each host's TLS (REQUIRETLS, DANE, MTA-STS, the settings); by
+    default one is made from ``config`` with ``tls_context`` for verified TLS.
     """
     outcome = Outcome()
     remaining = list(recipients)
@@ -260,47 +286,60 @@ async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
         targets = await targets_for(domain, config, dns, rng=rng)
     except DnsError as exc:
         return _dns_failure(outcome, remaining, exc, config, retry_count)
-    ctx = tls_context or _tls_context(config)
-    if require_tls and not _verifies(ctx):
+    policy = tls_policy or TlsPolicy(config, dns, tls_context=tls_context)
+    if require_tls and (_verification_off(config) or not _verifies(policy.verifying)):
         return _requiretls_failed(outcome, remaining, "certificate verification is turned off")
-    attempt = _Attempt(sender, remaining, content, config, ctx, _starttls_mode(config, require_tls),
-                       pool, dict(dsn=mail_params, rcpt_dsn=rcpt_params,
-                                  priority=_priority(priority), require_tls=require_tls))
+    plan = await policy.plan(domain, [t.host for t in targets], require_tls=require_tls)
+    attempt = _Attempt(sender, remaining, content, config, policy, domain, pool,
+                       dict(dsn=mail_params, rcpt_dsn=rcpt_params,
+                            priority=_priority(priority), require_tls=require_tls))
     last_error = f"no address to connect to for {domain}"
     unsatisfied: list[str] = []     # REQUIRETLS: hosts reached that cannot provide it
+    not_allowed: list[str] = []     # DANE, MTA-STS: hosts refused or failing the policy
     unreachable = False
     for target in targets:
+        tls = plan.for_host(target.host)
+        if tls.refuse is not None or (tls.tlsa and target.implicit_tls):
+            if tls.refuse is not None and tls.refuse not in not_allowed:
+                log.info("%s: %s", target.host, tls.refuse)
+                not_allowed.append(tls.refuse)
+            continue
         try:
-            client, result = await attempt.send(target)
-        except SmtpTlsHandshakeError as exc:
+            client, result, used = await attempt.send_with_fallback(target, tls)
+        except (SmtpTlsHandshakeError, SmtpTlsRequiredError) as exc:
             last_error = str(exc)
-            log.info("%s: %s", target.host, exc)
-            if require_tls:
-                unsatisfied.append(f"{target.host}: {exc}")
-            else:
+            if tls.mandatory and tls.source != REQUIRETLS:
+                log.warning("%s: %s policy not satisfied: %s", target.host, tls.source, exc)
+                not_allowed.append(f"{target.host}: {exc}")
+            elif require_tls:
+                log.info("%s: %s", target.host, exc)
+                unsatisfied.append(f"{target.host}: {exc}" if isinstance(
+                    exc, SmtpTlsHandshakeError) else str(exc))
+            elif isinstance(exc, SmtpTlsHandshakeError):
+                log.info("%s: %s", target.host, exc)
                 unreachable = True
+            else:
+                return _stop(outcome, remaining, exc, target)
             continue
         except SmtpConnectionError as exc:
             last_error, unreachable = str(exc), True
             log.info("%s: %s", target.host, exc)
             continue
-        except SmtpTlsRequiredError as exc:
-            if not require_tls:
-                return _stop(outcome, remaining, exc, target)
-            log.info("%s: %s", target.host, exc)
-            unsatisfied.append(str(exc))
-            continue
         except SmtpError as exc:
             return _stop(outcome, remaining, exc, target)
         relayed = _relayed(result, client, rcpt_params)
-        await attempt.release(target, client, result)
+        await attempt.release(target, used, client, result)
         _record(outcome, result, target)
         outcome.relayed += relayed
         return outcome
-    if unsatisfied and not unreachable:
+    if unsatisfied and not unreachable and not not_allowed:
         return _requiretls_failed(outcome, remaining, "; ".join(unsatisfied))
     outcome.pending = remaining
     outcome.message = last_error
+    if not_allowed:
+        outcome.message = (f"451 4.7.5 TLS policy of {domain} not satisfied "
+                           f"({'; '.join(not_allowed)})")
+        outcome.code = 451
     return outcome
 
 

@@ -25,10 +25,17 @@ it has an address (implicit MX); a null MX (a single ``MX 0 .``) means the domai
 no mail, a permanent failure.  A domain that does not exist (NXDOMAIN) or has neither MX
 nor address is reported with :class:`NoDnsEntries`; a lookup that could not complete
 (timeout, SERVFAIL, no server answering) with :class:`DnsTemporaryError`.
+
+The same service answers the SMTP handlers' questions (``server.dns``): A records of DNS
+block-list names (:meth:`DnsService.a_records`, :func:`reversed_address`), TXT records, PTR
+names and forward-confirmed reverse names (:meth:`DnsService.confirmed_names`).  With
+``maxcachesize`` above 0 answers are cached for their TTL, negative ones (NXDOMAIN, no
+records) too: for the SOA minimum of the answer, 300 s without one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -49,7 +56,7 @@ from .config import split_host_port
 
 __all__ = [
     "DnsServiceConfig", "parse_dnsservice", "load_dnsservice", "DnsError", "DnsTemporaryError",
-    "NoDnsEntries", "NullMx", "MxHost", "DnsService",
+    "NoDnsEntries", "NullMx", "MxHost", "DnsService", "reversed_address",
 ]
 
 DEFAULT_PORT = 53
@@ -206,6 +213,20 @@ def _name(text: str) -> str:
     return text.rstrip(".").lower()
 
 
+def reversed_address(address: str) -> str:
+    """The labels of a DNS block-list question for an IP address, without zone: the octets
+    of an IPv4 address in reverse order (``192.0.2.1`` -> ``1.2.0.192``), the 32 nibbles of
+    an IPv6 address in reverse order (RFC 5782 §2.4); an IPv4-mapped IPv6 address
+    (``::ffff:192.0.2.1``, a dual-stack socket's view of an IPv4 client) as its IPv4 address.
+    ``ValueError`` for a non-address."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    reverse = dns.reversename.from_address(str(ip))
+    return reverse.relativize(dns.name.from_text(
+        "in-addr.arpa." if ip.version == 4 else "ip6.arpa.")).to_text()
+
+
 class DnsService:
     """MX and address lookups against the configured servers.
 
@@ -239,16 +260,34 @@ class DnsService:
 
     async def addresses(self, host: str) -> list[str]:
         """A then AAAA addresses of ``host`` (an IP literal is returned as is)."""
-        try:
+        with contextlib.suppress(ValueError):
             return [str(ipaddress.ip_address(host.strip("[]")))]
-        except ValueError:
-            pass
         out: list[str] = []
         for rdtype in ("A", "AAAA"):
             try:
                 out += [r.address for r in await self._query(host, rdtype)]
             except dns.resolver.NXDOMAIN:
                 return []
+        return out
+
+    async def a_records(self, name: str) -> list[str]:
+        """The IPv4 addresses of ``name`` (A records only, as DNS block lists answer);
+        ``[]`` for NXDOMAIN or no A record.  Raises :class:`DnsTemporaryError`."""
+        try:
+            return [r.address for r in await self._query(name, "A")]
+        except dns.resolver.NXDOMAIN:
+            return []
+
+    async def confirmed_names(self, address: str) -> list[str]:
+        """The reverse names of ``address`` that resolve back to it (forward-confirmed
+        reverse DNS, as Java's ``InetAddress.getHostName`` checks); ``[]`` for none.  At most
+        ten PTR names are followed.  Raises :class:`DnsTemporaryError`."""
+        ip = ipaddress.ip_address(address)
+        out = []
+        for name in (await self.ptr(str(ip)))[:10]:
+            found = await self.addresses(name)
+            if any(ipaddress.ip_address(a) == ip for a in found):
+                out.append(name)
         return out
 
     async def txt(self, name: str) -> list[str]:

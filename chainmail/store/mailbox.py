@@ -29,6 +29,13 @@ file under an ``flock`` of the Maildir, so the check is exact across threads and
 while the lock is never held across a write or an fsync.  A ``tmp/`` file older than
 an hour is a crashed delivery and is not counted.
 
+Folders follow Maildir++ (as Dovecot and Courier read them): the folder ``A/B`` (or
+``A.B``) of a user is the Maildir ``<var>/mail/<U>/.A.B/`` with a ``maildirfolder`` file;
+``INBOX`` is the user's Maildir itself.  :func:`maildir_folder_for` turns a folder name into
+that directory name (IMAP's modified UTF-7 for anything but printable ASCII) and refuses a
+name that could leave the Maildir (``..``, empty levels, control characters).  Quota usage
+counts every folder.
+
 Every method blocks (file system, fsync): call it from a worker thread.
 """
 
@@ -53,7 +60,7 @@ if TYPE_CHECKING:   # imported where used: the CLI's stores do not load trio
     import trio
 
 __all__ = ["MailboxStore", "MaildirStore", "QuotaExceededError", "MailboxError",
-           "maildir_name_for"]
+           "maildir_name_for", "maildir_folder_for", "INBOX"]
 
 COMPONENT = "mailbox"
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -69,7 +76,10 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _SIZE_RE = re.compile(r",S=(\d+)")
 _counter = itertools.count()
 _sync_data = getattr(os, "fdatasync", os.fsync)
-Delivery = tuple   # (username, content) or (username, content, prefix): see deliver_many
+Delivery = tuple   # (username, content[, prefix[, folder]]): see deliver_many
+INBOX = "INBOX"
+FOLDER_DEPTH = 16     # levels of a folder name, at most
+FOLDER_NAME_MAX = 255   # bytes of a folder's directory name (one file name)
 FILES_OPEN = 200     # deliveries written before their fdatasyncs, at most (file by file)
 STALE_TMP = 3600.0   # seconds: an older tmp/ file is a crashed delivery (not counted)
 
@@ -103,6 +113,59 @@ def maildir_name_for(username: str) -> str:
 
 
 
+def maildir_folder_for(folder: str | None) -> str:
+    """The Maildir++ directory name of ``folder`` (``""`` for ``INBOX``): ``"Spam"`` ->
+    ``".Spam"``, ``"Lists/python"`` and ``"Lists.python"`` -> ``".Lists.python"``.
+
+    A leading ``INBOX`` level is dropped (Courier names ``INBOX.Spam`` what Dovecot names
+    ``Spam``; both are ``.Spam``).  Each level is written in IMAP's modified UTF-7 (RFC 3501
+    §5.1.3), so the result is printable ASCII without ``/``.  :class:`MailboxError` for an
+    empty level (``A..B``, ``/A``), ``.`` or ``..``, a control character, more than
+    ``FOLDER_DEPTH`` levels, or a directory name over ``FOLDER_NAME_MAX`` bytes."""
+    name = (folder or "").strip()
+    if not name:
+        return ""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        raise MailboxError(f"folder name {folder!r} has a control character")
+    levels = re.split(r"[./]", name)
+    if levels[0].upper() == INBOX:
+        levels = levels[1:]
+        if not levels:
+            return ""
+    if len(levels) > FOLDER_DEPTH:
+        raise MailboxError(f"folder name {folder!r} has more than {FOLDER_DEPTH} levels")
+    if any(not level.strip() for level in levels):
+        raise MailboxError(f"folder name {folder!r} has an empty level")
+    encoded = "." + ".".join(_imap_utf7(level) for level in levels)
+    if len(encoded) > FOLDER_NAME_MAX:
+        raise MailboxError(f"folder name {folder!r} is too long")
+    return encoded
+
+
+def _imap_utf7(text: str) -> str:
+    """IMAP's modified UTF-7 (RFC 3501 §5.1.3): printable ASCII as itself (``&`` as
+    ``&-``), anything else as ``&<modified base64 of UTF-16BE>-``."""
+    import base64
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
+                       + "-")
+            pending.clear()
+
+    for ch in text:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
 def _makedirs_durable(path: str, mode: int = 0o700) -> None:
     """Create ``path`` and any missing parents, fsyncing each parent that gained an entry."""
     path = os.path.abspath(path)
@@ -134,9 +197,11 @@ class MailboxStore(abc.ABC):
         its bytes); one result per item: its key, or the exception for that item alone.
         Override to share the syncs of a group."""
         results: list[str | Exception] = []
-        for username, content, *prefix in items:
+        for username, content, *rest in items:
             try:
-                results.append(self.deliver(username, b"".join(prefix) + content))
+                if len(rest) > 1 and maildir_folder_for(rest[1]):
+                    raise MailboxError(f"{type(self).__name__} has no folders")
+                results.append(self.deliver(username, b"".join(rest[:1]) + content))
             except Exception as exc:
                 results.append(exc)
         return results
@@ -172,7 +237,7 @@ class MaildirStore(MailboxStore):
         host = hostname or socket.gethostname() or "localhost"
         # Maildir: "/" and ":" in the host name are replaced.
         self.hostname = host.replace("/", r"\057").replace(":", r"\072")
-        self._ready: dict[str, str] = {}   # user -> Maildir path, known to exist
+        self._ready: dict[tuple[str, str], str] = {}   # (user, folder) -> path, known to exist
         #: groups are made durable with syncfs(2) (Linux 5.8 and later: earlier kernels
         #: do not report write errors through it), else file by file
         self.root_syncs = _syncfs is not None
@@ -203,7 +268,7 @@ class MaildirStore(MailboxStore):
         (an IMAP server, ``mailbox.Maildir``) never sees it without its three folders."""
         path = self.path_for(username)
         if os.path.isdir(os.path.join(path, "tmp")):
-            self._ready[username.strip().lower()] = path
+            self._ready[(username.strip().lower(), "")] = path
             return path
         _makedirs_durable(self.root)
         staging = os.path.join(self.root, f".new-{os.getpid()}-{os.urandom(6).hex()}")
@@ -232,6 +297,47 @@ class MaildirStore(MailboxStore):
                     pass
         return path
 
+    def folder_path(self, username: str, folder: str | None) -> str:
+        """The Maildir++ folder ``folder`` of ``username`` (its Maildir for ``INBOX``);
+        :class:`MailboxError` for a name :func:`maildir_folder_for` refuses."""
+        return os.path.join(self.path_for(username), maildir_folder_for(folder))
+
+    def ensure_folder(self, username: str, folder: str | None) -> str:
+        """Create the user's Maildir and its folder ``folder`` if needed; return the
+        folder's path.  The folder is built in the Maildir's ``tmp/`` (``cur``, ``new``,
+        ``tmp`` and the ``maildirfolder`` file Dovecot and Courier look for) and renamed
+        into place, so that it appears complete."""
+        user = username.strip().lower()
+        name = maildir_folder_for(folder)
+        root = self._ready.get((user, "")) or self.ensure(user)
+        if not name:
+            return root
+        path = os.path.join(root, name)
+        if os.path.isdir(os.path.join(path, "tmp")):
+            self._ready[(user, name)] = path
+            return path
+        staging = os.path.join(root, "tmp", f"folder-{os.getpid()}-{os.urandom(6).hex()}")
+        os.mkdir(staging, 0o700)
+        try:
+            for sub in ("cur", "new", "tmp"):
+                os.mkdir(os.path.join(staging, sub), 0o700)
+            marker = os.open(os.path.join(staging, "maildirfolder"),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            os.close(marker)
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, path)
+            except OSError:
+                if not os.path.isdir(os.path.join(path, "tmp")):
+                    raise
+            else:
+                _fsync_dir(root)
+        finally:
+            if os.path.isdir(staging):
+                _remove_tree_quietly(staging)
+        self._ready[(user, name)] = path
+        return path
+
     def _unique_name(self, size: int) -> str:
         now = time.time()
         sec = int(now)
@@ -242,16 +348,18 @@ class MaildirStore(MailboxStore):
 
     # -- delivery
 
-    def deliver(self, username: str, content: bytes) -> str:
-        [result] = self.deliver_many([(username, content)])
+    def deliver(self, username: str, content: bytes, folder: str | None = None) -> str:
+        """Durably add ``content`` to ``folder`` (default ``INBOX``) of ``username``."""
+        [result] = self.deliver_many([(username, content, b"", folder)])
         if isinstance(result, BaseException):
             raise result
         return result
 
     def deliver_many(self, items: Sequence[Delivery]) -> list[str | Exception]:
-        """Deliver each ``(username, content[, prefix])``; one result per item, in order:
-        the key, or the exception for that item alone (``QuotaExceededError``,
-        ``OSError``)."""
+        """Deliver each ``(username, content[, prefix[, folder]])`` (``folder`` a
+        Maildir++ folder name, default ``INBOX``); one result per item, in order: the key,
+        or the exception for that item alone (``QuotaExceededError``, ``MailboxError`` for
+        a folder name refused, ``OSError``)."""
         if not self.root_syncs and len(items) > FILES_OPEN:   # file by file: bounded fds
             return [r for at in range(0, len(items), FILES_OPEN)
                     for r in self.deliver_many(items[at:at + FILES_OPEN])]
@@ -260,13 +368,14 @@ class MaildirStore(MailboxStore):
         written: list[tuple[int, int, str, str, str]] = []   # index, fd, tmp, maildir, name
         stored: dict[int, bytes] = {}   # id(content) -> its Maildir form, once per group
         try:
-            for i, (username, content, *prefix) in enumerate(items):
+            for i, (username, content, *rest) in enumerate(items):
                 try:
                     body = stored.get(id(content))
                     if body is None:
                         body = stored[id(content)] = _maildir_form(content)
-                    head = _maildir_form(prefix[0]) if prefix else b""
-                    entry = self._create(i, username, head, body, quotas)
+                    head = _maildir_form(rest[0]) if rest and rest[0] else b""
+                    folder = rest[1] if len(rest) > 1 else None
+                    entry = self._create(i, username, head, body, quotas, folder)
                     if self.root_syncs:   # synced by the file system: no fd to keep
                         os.close(entry[1])
                         entry = (i, -1, *entry[2:])
@@ -339,10 +448,13 @@ class MaildirStore(MailboxStore):
         return True
 
     def _create(self, index: int, username: str, head: bytes, body: bytes,
-                quotas: dict[str, int]) -> tuple[int, int, str, str, str]:
-        """Write one delivery to ``tmp/`` (not yet synced), after the quota check."""
+                quotas: dict[str, int], folder: str | None = None
+                ) -> tuple[int, int, str, str, str]:
+        """Write one delivery to the ``tmp/`` of its folder (not yet synced), after the
+        quota check."""
         user = username.strip().lower()
-        path = self._ready.get(user) or self.ensure(user)
+        name = maildir_folder_for(folder)
+        path = self._ready.get((user, name)) or self.ensure_folder(user, folder)
         size = len(head) + len(body)
         name = self._unique_name(size)
         tmp = os.path.join(path, "tmp", name)
@@ -351,9 +463,10 @@ class MaildirStore(MailboxStore):
             if quota is None:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
             else:
-                fd = self._create_within_quota(user, path, tmp, size, quota)
+                fd = self._create_within_quota(user, self.path_for(user), tmp, size, quota)
         except FileNotFoundError:   # the Maildir was removed behind our back: made again next time
-            self._ready.pop(user, None)
+            self._ready.pop((user, name), None)
+            self._ready.pop((user, ""), None)
             raise
         entry = (index, fd, tmp, path, name)
         try:
@@ -372,7 +485,7 @@ class MaildirStore(MailboxStore):
         lock = os.open(path, os.O_RDONLY | _O_CLOEXEC)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            used = self._usage(path, ("new", "cur", "tmp"))
+            used = self._tree_usage(path, ("new", "cur", "tmp"))
             if used + size > quota:
                 raise QuotaExceededError(user, size, used, quota)
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
@@ -415,9 +528,10 @@ class MaildirStore(MailboxStore):
 
     # -- reading
 
-    def list(self, username: str) -> list[str]:
-        """Keys (file names) of the user's messages in ``new/`` and ``cur/``."""
-        path = self.path_for(username)
+    def list(self, username: str, folder: str | None = None) -> list[str]:
+        """Keys (file names) of the messages in ``new/`` and ``cur/`` of a folder of the
+        user (default ``INBOX``)."""
+        path = self.folder_path(username, folder)
         out = []
         for sub in ("new", "cur"):
             try:
@@ -426,8 +540,32 @@ class MaildirStore(MailboxStore):
                 pass
         return out
 
+    def folders(self, username: str) -> Sequence[str]:
+        """The directory names of the user's Maildir++ folders (``.Spam``, ``.A.B``)."""
+        try:
+            entries = os.listdir(self.path_for(username))
+        except FileNotFoundError:
+            return []
+        return sorted(e for e in entries if e.startswith(".") and e not in (".", "..")
+                      and os.path.isfile(os.path.join(self.path_for(username), e,
+                                                      "maildirfolder")))
+
     def usage(self, username: str) -> int:
-        return self._usage(self.path_for(username), ("new", "cur"))
+        """Bytes used by the user's mailbox: the inbox and every folder."""
+        return self._tree_usage(self.path_for(username), ("new", "cur"))
+
+    @classmethod
+    def _tree_usage(cls, path: str, subdirs: tuple[str, ...]) -> int:
+        """:meth:`_usage` of the Maildir at ``path`` and of each of its Maildir++ folders."""
+        total = cls._usage(path, subdirs)
+        try:
+            entries = os.listdir(path)
+        except FileNotFoundError:
+            return total
+        for entry in entries:
+            if entry.startswith(".") and entry not in (".", ".."):
+                total += cls._usage(os.path.join(path, entry), subdirs)
+        return total
 
     @staticmethod
     def _usage(path: str, subdirs: tuple[str, ...]) -> int:
@@ -584,6 +722,17 @@ def _discard(entry: tuple[int, int, str, str, str]) -> None:
         with contextlib.suppress(OSError):
             os.close(entry[1])
     _unlink_quietly(entry[2])
+
+
+def _remove_tree_quietly(path: str) -> None:
+    """Remove a folder being built (its three directories and marker file), if it is left."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(path, "maildirfolder"))
+    for sub in ("cur", "new", "tmp"):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(path, sub))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def _unlink_quietly(path: str) -> None:

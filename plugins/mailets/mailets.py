@@ -155,7 +155,13 @@ class LocalDelivery(GenericMailet):
     (default 5).  Permanent failures (unknown user, over quota) and retries exhausted go to
     ``errorProcessor`` (default ``error``), whose bounce says ``Action: failed`` with a 5.x.x
     status.  The sender only ever sees ``Mailbox temporarily unavailable``; the log has the
-    details, under the queue id."""
+    details, under the queue id.
+
+    Folders (James's storage directive): the attribute ``DeliveryPaths_<user>`` (a list of
+    folder names; ``DeliveryPath_<user>``, one name, as James's older mailets set it), set
+    by ``Sieve`` or ``JMAPFiltering``, sends the user's copy to those Maildir++ folders
+    instead of the inbox (``INBOX`` names the inbox).  A folder name the store refuses
+    (``..``, control characters) is logged and that copy goes to the inbox."""
 
     parameters = ("errorProcessor", "maxRetries", "delayTime")
 
@@ -184,34 +190,48 @@ class LocalDelivery(GenericMailet):
             raise RuntimeError("no mailbox store configured")
         failed: dict[str, list[str]] = {}
         temporary: list[str] = []
-        targets: list[tuple[str, str]] = []   # (recipient, username)
+        targets: list[tuple[str, str, str | None]] = []   # (recipient, username, folder)
         for rcpt in mail.recipients:
             username = users.username_for(rcpt) if users is not None else rcpt.lower()
             if users is not None and not users.contains(username):
                 failed.setdefault(f"550 5.1.1 Unknown user: <{rcpt}>", []).append(rcpt)
                 continue
-            targets.append((rcpt, username))
+            for folder in _folders(mail, rcpt, username):
+                targets.append((rcpt, username, folder))
         # Every recipient in one delivery group (shared with concurrent mails): fifty
         # recipients cost one sync round, not fifty.
         content = mail.content   # shared by every item: no copy per recipient
         items = [(username, content, f"Return-Path: <{mail.sender}>\r\nDelivered-To: {rcpt}\r\n"
-                  .encode("utf-8", "surrogateescape")) for rcpt, username in targets]
+                  .encode("utf-8", "surrogateescape"), folder) for rcpt, username, folder in targets]
         results = await mailboxes.adeliver_many(items, limiter=context.limiter) if items else []
         delivered = []
-        for (rcpt, username), result in zip(targets, results):
-            if isinstance(result, QuotaExceededError):
+        failed_rcpts: set[str] = set()
+        retry_folders: dict[str, list[str]] = {}   # username -> the folders to try again
+        partly: set[str] = set()   # usernames with a folder written
+        for (rcpt, username, folder), result in zip(targets, results):
+            if isinstance(result, QuotaExceededError) and rcpt not in failed_rcpts:
+                failed_rcpts.add(rcpt)
                 failed.setdefault(str(result), []).append(rcpt)
+            elif isinstance(result, QuotaExceededError):
+                continue   # the recipient's other folders: one reason is enough
             elif isinstance(result, Exception):
                 # The details (paths, errno) are for the operator only.
                 log.warning("%s: mailbox of %s not written: %s: %s", mail.name, username,
                             type(result).__name__, result)
-                temporary.append(rcpt)
+                if rcpt not in temporary:
+                    temporary.append(rcpt)
+                retry_folders.setdefault(username, []).append(folder or "INBOX")
             else:
-                delivered.append(f"<{rcpt}>" if rcpt.lower() == username else f"<{rcpt}> ({username})")
+                partly.add(username)
+                where = "" if folder is None else f" in {folder}"
+                delivered.append((f"<{rcpt}>" if rcpt.lower() == username
+                                  else f"<{rcpt}> ({username})") + where)
         if delivered:   # one line per mail, however many recipients
             log.info("%s: delivered to %s", mail.name, ", ".join(delivered))
         if temporary:
-            await self._retry_or_fail(mail, temporary, failed)
+            # a retry writes only the folders not written yet
+            await self._retry_or_fail(mail, temporary, failed, {
+                user: names for user, names in retry_folders.items() if user in partly})
         for reason, rcpts in failed.items():
             copy = mail.duplicate(rcpts)
             copy.error_message = reason
@@ -220,9 +240,11 @@ class LocalDelivery(GenericMailet):
             await context.send_mail(copy, self.error_processor)
         mail.state = GHOST
 
-    async def _retry_or_fail(self, mail, rcpts: list[str], failed: dict[str, list[str]]) -> None:
+    async def _retry_or_fail(self, mail, rcpts: list[str], failed: dict[str, list[str]],
+                             folders: dict[str, list[str]] | None = None) -> None:
         """Put ``rcpts`` back in the spool for a later try, or (retries exhausted) add them
-        to ``failed`` with a reason that says so."""
+        to ``failed`` with a reason that says so.  ``folders``: the storage directive of
+        the retry for users whose other folders were written."""
         import time
         from chainmail.mailet.api import ATTR_ERROR
         done = int(mail.attributes.get(ATTR_LOCAL_RETRIES) or 0)
@@ -235,6 +257,9 @@ class LocalDelivery(GenericMailet):
         retry = mail.duplicate(rcpts, name=mail.name)   # the same queue id
         retry.attributes[ATTR_LOCAL_RETRIES] = done + 1
         retry.attributes.pop(ATTR_ERROR, None)
+        for username, names in (folders or {}).items():
+            retry.attributes.pop(f"{DELIVERY_PATH}{username}", None)
+            retry.attributes[f"{DELIVERY_PATHS}{username}"] = names
         retry.error_message = f"{TEMPORARY_FAILURE} (retry {done + 1} of {self.schedule.max_retries})"
         retry.state = mail.state
         await self.context.send_later(retry, time.time() + delay)
@@ -242,6 +267,42 @@ class LocalDelivery(GenericMailet):
                  ", ".join(f"<{r}>" for r in rcpts), done + 1, self.schedule.max_retries, delay)
 
 
+def _folders(mail: Mail, rcpt: str, username: str) -> list[str | None]:
+    """The folders the storage directive of ``mail`` names for this recipient (James's
+    ``DeliveryPaths_<user>`` list, or the single ``DeliveryPath_<user>``), each once, names
+    the Maildir store refuses dropped with a warning; ``[None]`` (the inbox) without one."""
+    from chainmail.store.mailbox import MailboxError, maildir_folder_for
+    attributes = mail.attributes
+    value = None
+    for key in (username, rcpt, rcpt.lower()):
+        if f"{DELIVERY_PATHS}{key}" in attributes:
+            value = attributes[f"{DELIVERY_PATHS}{key}"]
+            break
+        if f"{DELIVERY_PATH}{key}" in attributes:
+            value = [attributes[f"{DELIVERY_PATH}{key}"]]
+            break
+    if value is None:
+        return [None]
+    if isinstance(value, str):
+        value = [value]
+    folders: list[str | None] = []
+    seen: set[str] = set()
+    for name in value if isinstance(value, (list, tuple)) else [value]:
+        try:
+            directory = maildir_folder_for(str(name))
+        except MailboxError as exc:
+            log.warning("%s: %s: %s; delivered to the inbox instead", mail.name, username, exc)
+            directory, name = "", None
+        if directory not in seen:
+            seen.add(directory)
+            folders.append(str(name) if directory else None)
+    return folders or [None]
+
+
+#: James's storage directive: the folders of a user (``DeliveryPaths_<user>``, a list) or
+#: its one folder (``DeliveryPath_<user>``, the older form)
+DELIVERY_PATHS = "DeliveryPaths_"
+DELIVERY_PATH = "DeliveryPath_"
 #: LocalDelivery's retry schedule (parameters ``maxRetries`` and ``delayTime``)
 LOCAL_MAX_RETRIES = 5
 LOCAL_DELAY_TIME = "1 minute, 5 minutes, 15 minutes, 1 hour, 4 hours"

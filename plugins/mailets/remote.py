@@ -19,13 +19,16 @@ into the mailet's side effects:
   RFC 3461 ``NOTIFY=SUCCESS`` could not be passed on (the remote server lacks DSN) get a
   ``relayed`` report.
 
-The parameters are James's (``chainmail.remote.config``), plus two of chainmail's:
-``maxConcurrentDeliveries`` (default 20) and ``maxConcurrentDeliveriesPerDomain`` (default 4).
+The parameters are James's (``chainmail.remote.config``), plus chainmail's:
+``maxConcurrentDeliveries`` (default 20), ``maxConcurrentDeliveriesPerDomain`` (default 4),
+and the TLS policy ones (``caFile``, ``mtaSts``, ``dnssec``, ``dane``:
+:mod:`chainmail.remote.tlspolicy`).
 ``conf/dnsservice.xml`` names the DNS servers.  See docs/delivery.md.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -35,7 +38,9 @@ from chainmail.mailet.spoolcodec import ATTR_QUEUE_ID, mail_from_queued
 from chainmail.store.holds import HoldList
 from chainmail.remote.config import RemoteDeliveryConfig
 from chainmail.remote.control import outgoing_root
+from chainmail.remote.delivery import deliver
 from chainmail.remote.dns import DnsService, load_dnsservice
+from chainmail.remote.tlspolicy import TlsPolicy
 from chainmail.remote.queue import (
     ATTR_LAST_ERROR, ATTR_NAME, ATTR_NEXT_ATTEMPT, ATTR_PRIORITY, Bounce, Delivered, OutgoingQueue,
 )
@@ -57,6 +62,8 @@ ATTR_REMOTE_MTA = "chainmail.remote-mta"
 
 _QUEUE_ATTRIBUTES = (ATTR_NEXT_ATTEMPT, ATTR_LAST_ERROR, ATTR_NAME)
 DNSSERVICE_FILE = "dnsservice.xml"
+#: ``<var>/mta-sts/<outgoing>.json``: the MTA-STS policies seen, kept across restarts
+MTA_STS_DIR = "mta-sts"
 
 
 def _domain(address: str) -> str:
@@ -69,7 +76,8 @@ class RemoteDelivery(GenericMailet):
                   "bounceProcessor", "onSuccess", "gateway", "gatewayPort", "gatewayUsername",
                   "gatewayusername", "gatewayPassword", "loadBalancing", "startTLS", "sslEnable",
                   "verifyServerIdentity", "sslTrustAllCerts", "heloName", "bind", "usePriority",
-                  "debug", "maxConcurrentDeliveries", "maxConcurrentDeliveriesPerDomain", "mail.*")
+                  "debug", "maxConcurrentDeliveries", "maxConcurrentDeliveriesPerDomain",
+                  "caFile", "mtaSts", "dnssec", "dane", "mail.*")
 
     def configure(self, config):
         context = self.context
@@ -97,6 +105,9 @@ class RemoteDelivery(GenericMailet):
         for warning in dns_config.warnings:
             log.warning("%s", warning)
         self.dns = DnsService(dns_config)
+        self.tls_policy = TlsPolicy(settings, self.dns,
+                                    cache_file=os.path.join(context.var_dir, MTA_STS_DIR,
+                                                            f"{settings.outgoing}.json"))
         self.max_parallel = config.get_int("maxConcurrentDeliveries", 20, minimum=1)
         self.per_destination = config.get_int("maxConcurrentDeliveriesPerDomain", 4, minimum=1)
         self._queue: OutgoingQueue | None = None
@@ -111,6 +122,7 @@ class RemoteDelivery(GenericMailet):
                 DirectorySpool(self.root), self.settings, self.dns, bounce=self._bounce,
                 delivered=self._delivered, max_parallel=self.max_parallel,
                 per_destination=self.per_destination, pool=ConnectionPool(),
+                deliver_fn=functools.partial(deliver, tls_policy=self.tls_policy),
                 holds=HoldList(self.context.var_dir))
         return self._queue
 

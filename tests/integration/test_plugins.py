@@ -41,8 +41,8 @@ def test_james_handler_not_provided_is_named(tmp_path):
     result = cli_on_conf(
         tmp_path,
         '<smtpservers><smtpserver><bind>127.0.0.1:0</bind><handlerchain>\n'
-        '<handler class="org.apache.james.smtpserver.fastfail.DNSRBLHandler"/>\n'
+        '<handler class="org.apache.james.smtpserver.fastfail.ValidRcptMX"/>\n'
         '</handlerchain></smtpserver></smtpservers>\n', "check-config")
     assert result.returncode == 1
     assert "smtpserver.xml:2: handler: no installed handler provides " \
-           "'org.apache.james.smtpserver.fastfail.DNSRBLHandler'" in result.stderr
+           "'org.apache.james.smtpserver.fastfail.ValidRcptMX'" in result.stderr

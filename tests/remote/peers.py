@@ -142,3 +142,92 @@ async def start_peer(nursery, peer: Peer) -> Peer:
     listeners = await nursery.start(partial(trio.serve_tcp, lambda s: peer.handle(s), 0, host="127.0.0.1"))
     peer.port = listeners[0].socket.getsockname()[1]
     return peer
+
+
+# ------------------------------------------------------------------ TLS peers
+
+def tls_server_context(issuer, *names: str) -> ssl.SSLContext:
+    """A server context with a certificate for ``names`` from ``issuer`` (a trustme CA)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    issuer.issue_cert(*names).configure_cert(ctx)
+    return ctx
+
+
+def starttls_peer(ctx: ssl.SSLContext, *after_tls: str) -> Peer:
+    """A peer offering STARTTLS with the server context ``ctx``; after it, ``after_tls``."""
+    return Peer(replies={"EHLO": ehlo("PIPELINING", "STARTTLS")}, tls=ctx,
+                ehlo_tls=ehlo("PIPELINING", *after_tls))
+
+
+class BrokenTlsPeer(Peer):
+    """Offers STARTTLS and answers ``220``, then sends clear text instead of a TLS
+    handshake: the client's handshake fails.  ``tls_attempts`` counts those attempts."""
+
+    def __init__(self) -> None:
+        super().__init__(replies={"EHLO": ehlo("PIPELINING", "STARTTLS")},
+                         tls=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))  # never loaded
+        self.tls_attempts = 0
+
+    async def starttls(self, stream):
+        self.tls_attempts += 1
+        await stream.receive_some(4096)           # the client's hello
+        await stream.send_all(b"this is not TLS\r\n")
+        await stream.aclose()
+        raise trio.ClosedResourceError
+
+
+async def start_peer_at(nursery, peer: Peer, host: str, port: int) -> Peer:
+    """Serve ``peer`` on ``host:port`` (a loopback address; port 0 picks one)."""
+    listeners = await nursery.start(partial(trio.serve_tcp, lambda s: peer.handle(s), port,
+                                            host=host))
+    peer.port = listeners[0].socket.getsockname()[1]
+    return peer
+
+
+class PolicyServer:
+    """An HTTPS server on a loopback address for MTA-STS policies, in a thread of its own.
+
+    ``files[path]`` is ``(status, content type, body, extra headers)``; other paths get 404.
+    ``requests`` lists ``(Host header, path)`` of each request.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.files: dict[str, tuple[int, str, bytes, dict[str, str]]] = {}
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:     # noqa: N802 (http.server's name)
+                server.requests.append((self.headers.get("Host", ""), self.path))
+                status, ctype, body, extra = server.files.get(
+                    self.path, (404, "text/plain", b"not found\n", {}))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                return None
+
+        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name="policy-server", daemon=True)
+        self.thread.start()
+
+    def policy(self, text: str, *, status: int = 200, ctype: str = "text/plain",
+               headers: dict[str, str] | None = None) -> None:
+        """Serve ``text`` at /.well-known/mta-sts.txt."""
+        self.files["/.well-known/mta-sts.txt"] = (status, ctype, text.encode(), headers or {})
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
