@@ -248,12 +248,7 @@ class MaildirStore(MailboxStore):
         self._flight: "trio.Event | None" = None   # adeliver_many: the group being written
         self._conn = None
         if db_path is not None:
-            self._conn = _sqlite.connect(db_path)
-            try:
-                _sqlite.migrate(self._conn, COMPONENT, MIGRATIONS)
-            except BaseException:
-                self._conn.close()
-                raise
+            self._conn = _sqlite.open_migrated(db_path, COMPONENT, MIGRATIONS)
 
     # -- paths
 

@@ -50,6 +50,19 @@ def connect(db_path: str | os.PathLike[str], *, timeout: float = 5.0) -> sqlite3
     return conn
 
 
+def open_migrated(db_path: str | os.PathLike[str], component: str,
+                  migrations: Sequence[Migration]) -> sqlite3.Connection:
+    """:func:`connect`, then bring the schema of ``component`` up to date (the connection is
+    closed again if that fails)."""
+    conn = connect(db_path)
+    try:
+        migrate(conn, component, migrations)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def schema_version(conn: sqlite3.Connection, component: str) -> int:
     """The schema version of ``component`` (0 if it has no tables yet)."""
     try:

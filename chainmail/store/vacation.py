@@ -84,12 +84,7 @@ class VacationStore:
 
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self._lock = threading.Lock()
-        self._conn = _sqlite.connect(db_path)
-        try:
-            _sqlite.migrate(self._conn, COMPONENT, MIGRATIONS)
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn = _sqlite.open_migrated(db_path, COMPONENT, MIGRATIONS)
 
     @staticmethod
     def _user(username: str) -> str:
