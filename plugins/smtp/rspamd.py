@@ -5,6 +5,8 @@ connected MTA does, but without a milter: chainmail speaks rspamd's HTTP protoco
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 
 import trio
@@ -72,7 +74,8 @@ def annotate(message, result: spam_rspamd.RspamdResult, rewrite_subject: bool) -
     """The verdict's header fields on top of the message and James's attributes on the mail:
     the fields rspamd's ``milter`` block asks for, ``X-Spamd-Result`` and
     ``X-Rspamd-Action`` unless that block has them, ``X-Spam: Yes`` for spam, and the
-    rewritten ``Subject``."""
+    rewritten ``Subject`` in place of the client's; the fields the block's
+    ``remove_headers`` names are removed."""
     message.attributes[spam_rspamd.FLAG_ATTRIBUTE] = result.flag
     message.attributes[spam_rspamd.STATUS_ATTRIBUTE] = result.status
     fields: list[tuple[str, str]] = []
@@ -83,7 +86,11 @@ def annotate(message, result: spam_rspamd.RspamdResult, rewrite_subject: bool) -
     given = {name.lower() for name, _ in result.add_headers}
     fields = [(n, v) for n, v in fields if n.lower() not in given]
     fields += [(n, v) for n, v in result.add_headers if n.lower() != "subject"]
+    for name in result.remove_headers:
+        with contextlib.suppress(ValueError):
+            message.remove_header(name)
     if rewrite_subject and result.action == "rewrite subject" and result.subject:
+        message.remove_header("Subject")
         fields.append(("Subject", result.subject))
     for name, value in fields:
         try:

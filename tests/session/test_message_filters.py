@@ -23,6 +23,18 @@ class Annotate:
         return None
 
 
+class Rewrite:
+    """Replaces the Subject (folded over two lines) and drops a forged field."""
+
+    seen: list[bytes] = []
+
+    def on_message(self, session, message):
+        message.set_header("Subject", "[SPAM] hello")
+        message.remove_header("x-spam-flag")
+        Rewrite.seen.append(message.read())
+        return None
+
+
 class RejectAfterAnnotating:
     def on_message(self, session, message):
         message.add_header("X-Never", "stored")
@@ -47,6 +59,22 @@ def test_a_filter_reads_the_whole_message_and_its_fields_are_stored_on_top(chain
     assert msg.content.startswith(b"X-Second: two,\r\n\tfolded\r\nX-First: one\r\nReceived: ")
     assert msg.content.endswith(content.encode())
     assert len(msg.content) == len(read) + len(b"X-Second: two,\r\n\tfolded\r\nX-First: one\r\n")
+
+
+@pytest.mark.parametrize("size", [200, 600 * 1024], ids=["in-memory", "spilled-to-file"])
+def test_a_filter_replaces_and_removes_fields_of_the_client(chainmail_session, size):
+    Rewrite.seen.clear()
+    s = chainmail_session([Rewrite], helo="client.example")
+    body = _body(size).split("\r\n\r\n", 1)[1]
+    content = "Subject: hello\r\n  folded\r\nX-Spam-Flag: NO\r\nTo: b@local.test\r\n\r\n" + body
+    assert s.send_message("a@remote.example", ["user@local.test"], content)[-1].code == 250
+    [msg] = s.spooled()
+    assert msg.content == Rewrite.seen[0]
+    head, stored_body = msg.content.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"Subject: [SPAM] hello\r\nReceived: ")
+    assert head.endswith(b"\r\nTo: b@local.test")
+    assert b"folded" not in head and b"X-Spam-Flag" not in head
+    assert stored_body == body.encode()
 
 
 def test_a_rejected_message_stores_nothing(chainmail_session):

@@ -22,6 +22,9 @@ log = logging.getLogger("chainmail.store.spool")
 #: A message that stays within it is committed as one segment record.
 BUFFER_LIMIT = 256 * 1024
 
+#: The most of a header section ``rewrite_head`` looks at.
+HEAD_LIMIT = 1024 * 1024
+
 _OPEN, _COMMITTING, _COMMITTED, _ABORTED = "open", "committing", "committed", "aborted"
 
 
@@ -109,27 +112,37 @@ class SpoolWriter:
         with open(self._spool._tmp_path(self.id), "rb") as spilled:
             return spilled.read() + bytes(self._buf)
 
-    def prepend(self, data: bytes) -> None:
-        """Put ``data`` in front of the message: header fields a filter adds once the whole
-        message is known (``IncomingMessage.add_header``).  A spilled message's file is
-        rewritten with ``data`` first (blocking I/O: call it from a worker thread then)."""
+    def rewrite_head(self, edit: Callable[[bytes], bytes]) -> None:
+        """Replace the message's header section by ``edit(header section)``: the fields a
+        filter adds on top or removes once the whole message is known
+        (``IncomingMessage.add_header``/``remove_header``).  The header section is everything
+        before the empty line (at most :data:`HEAD_LIMIT` bytes are looked at; a longer one
+        is edited in its first part only).  A spilled message's file is rewritten (blocking
+        I/O: call it from a worker thread then)."""
         if self._state is not _OPEN:
             raise RuntimeError(f"spool writer {self.id} is {self._state}")
-        self.size += len(data)
         if self._error is not None:
             return
         if self._fd is None:
-            self._buf[0:0] = data
+            head_len = header_length(self._buf)
+            new_head = edit(bytes(self._buf[:head_len]))
+            self._buf[0:head_len] = new_head
+            self.size += len(new_head) - head_len
             return
         path = self._spool._tmp_path(self.id)
         try:
-            fd = _rewrite_with_prefix(path, data)
+            with open(path, "rb") as spilled:
+                start = spilled.read(HEAD_LIMIT)
+            head_len = header_length(start)
+            new_head = edit(start[:head_len])
+            fd = _rewrite_file(path, new_head, head_len)
         except OSError as exc:
             self._discard()
             self._error = exc
             return
         _close_quietly(self._fd)
         self._fd = fd
+        self.size += len(new_head) - head_len
 
     async def commit(self, envelope: Envelope) -> str:
         """Make the message durable in the queue and return its id.
@@ -192,14 +205,26 @@ class SpoolWriter:
         return f"<SpoolWriter {self.id} {self._state} size={self.size}>"
 
 
-def _rewrite_with_prefix(path: str, prefix: bytes) -> int:
-    """Replace the file at ``path`` by ``prefix`` + its content; the new file's descriptor,
-    positioned at its end, is returned (the old one is left to the caller to close)."""
-    new_path = path + ".prefixed"
+def header_length(data: bytes | bytearray) -> int:
+    """The length of the header section at the start of ``data``: up to and including the
+    CRLF of its last field, the empty line excluded (all of ``data``, up to
+    :data:`HEAD_LIMIT`, when it has no empty line)."""
+    if data[:2] == b"\r\n":
+        return 0
+    end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT)
+    return end + 2 if end >= 0 else min(len(data), HEAD_LIMIT)
+
+
+def _rewrite_file(path: str, head: bytes, old_head_len: int) -> int:
+    """Replace the file at ``path`` by ``head`` + its content after ``old_head_len`` bytes;
+    the new file's descriptor, positioned at its end, is returned (the old one is left to
+    the caller to close)."""
+    new_path = path + ".rewritten"
     fd = os.open(new_path, _CREATE_FLAGS, 0o600)
     try:
-        _write_all(fd, (prefix,))
+        _write_all(fd, (head,))
         with open(path, "rb") as old:
+            old.seek(old_head_len)
             while chunk := old.read(1 << 20):
                 _write_all(fd, (chunk,))
         os.replace(new_path, path)
