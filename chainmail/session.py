@@ -86,7 +86,8 @@ class Session:
         self.messages = 0
         self.data_receiver = None
         self.tls_requested = False
-        """Set by the STARTTLS handler with its 220: the server then starts the handshake."""
+        """Set by the STARTTLS handler with its 220 (informative: the server starts the
+        handshake on a ``220`` to STARTTLS, :mod:`chainmail.protocol.states`)."""
         self.line_handler = None
         """When set (AUTH continuations), the next command line goes to this async
         ``handler(session, line) -> Reply`` instead of the command handlers."""
@@ -108,6 +109,11 @@ class Session:
         return self.helo_mode in ("EHLO", "LHLO")
 
     def reset_transaction(self) -> None:
+        """End the transaction; a message being received in BDAT chunks is dropped."""
+        receiver = self.data_receiver
+        if receiver is not None:
+            self.data_receiver = None
+            receiver.abort()
         self.transaction = Transaction()
 
     def reset_for_tls(self, tls: TLSInfo) -> None:
@@ -117,7 +123,7 @@ class Session:
         self.helo_name = None
         self.auth_user = None
         self.line_handler = None
-        self.transaction = Transaction()
+        self.reset_transaction()
         self.state.clear()
         self.relaying_allowed = not self.lmtp and \
             self.server.config.authorized_addresses.contains(self.remote_ip)

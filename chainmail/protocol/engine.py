@@ -23,21 +23,36 @@ With ``normalize`` (Postfix's ``smtpd_forbid_bare_newline = normalize``) a bare 
 command line like a CRLF, and message data is handed out in the canonical form of
 :mod:`chainmail.protocol.lineends` (NUL removed, bare LF and CR made CRLF, a bare CR in the
 header section a space); the end of data is still only ``CRLF . CRLF``.
+
+With ``chunking`` (RFC 3030), a well-formed ``BDAT <size> [LAST]`` line is a
+:class:`BdatCommand` and the ``size`` octets after it are handed out as they are, as
+:class:`BodyChunk` events and one :class:`EndOfChunk`: no dot-unstuffing, no line rules
+(a chunk's content is checked by whoever takes it, knowing the transaction's ``BODY``).
+
+Which reader runs is the session's state (:mod:`chainmail.protocol.states`): the server
+tells the engine each reply with :meth:`Connection.send`, and the table moves the state
+(a ``354`` to DATA starts the body, a ``220`` to STARTTLS pauses the stream for the
+handshake, a closing reply closes it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chainmail.protocol.lineends import Canonicalizer, first_forbidden
+import re
+
+from chainmail.protocol import states
+from chainmail.protocol.lineends import Canonicalizer, first_forbidden, has_long_line
+from chainmail.protocol.states import CHUNK, CLOSED_STATE, COMMAND, DATA, TLS_HANDSHAKE
 
 __all__ = [
-    "Connection", "Command", "BodyChunk", "EndOfData", "LineTooLong", "BareLineFeed",
-    "ForbiddenOctet", "NEED_DATA", "CLOSED", "COMMAND", "DATA",
+    "Connection", "Command", "BdatCommand", "BodyChunk", "EndOfData", "EndOfChunk",
+    "LineTooLong", "BareLineFeed", "ForbiddenOctet", "NEED_DATA", "CLOSED", "PAUSED", "COMMAND",
+    "DATA", "CHUNK", "TLS_HANDSHAKE", "CLOSED_STATE",
 ]
 
-COMMAND = "command"
-DATA = "data"
+#: ``BDAT`` arguments: a chunk size (RFC 3030 ``1*DIGIT``, bounded here) and ``LAST``.
+_BDAT_ARG = re.compile(r"([0-9]{1,18})(?:[ \t]+(LAST))?\Z", re.IGNORECASE)
 
 
 class _Sentinel:
@@ -53,7 +68,10 @@ class _Sentinel:
 NEED_DATA = _Sentinel("NEED_DATA")
 """No complete event is buffered: receive more bytes."""
 CLOSED = _Sentinel("CLOSED")
-"""The peer closed its side and everything buffered has been consumed."""
+"""The peer closed its side and everything buffered has been consumed, or the session's
+state is closed."""
+PAUSED = _Sentinel("PAUSED")
+"""Nothing is read as SMTP now: a TLS handshake is due (``TLS_HANDSHAKE``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +81,24 @@ class Command:
     verb: str
     arg: str | None
     line: str
+
+
+@dataclass(frozen=True, slots=True)
+class BdatCommand(Command):
+    """A well-formed ``BDAT`` line (RFC 3030): ``size`` octets of message data follow it at
+    once, and are read as data whatever the reply to this command."""
+
+    size: int
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfChunk:
+    """All ``size`` octets of the chunk announced by the last :class:`BdatCommand` were
+    handed out; ``last`` when that command said ``LAST``."""
+
+    size: int
+    last: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,22 +145,32 @@ _END_OF_DATA = b"\r\n.\r\n"
 class Connection:
     """Framing state of one SMTP or LMTP connection (server side)."""
 
-    __slots__ = ("max_line_length", "normalize", "mode", "_buf", "_eof", "_discarding",
-                 "_data_size", "_data_long", "_broken", "_canonicalizer", "_after_crlf")
+    __slots__ = ("max_line_length", "normalize", "chunking", "state", "_buf", "_eof",
+                 "_discarding", "_data_size", "_data_long", "_canonicalizer", "_after_crlf",
+                 "_last_verb", "_chunk_left", "_chunk_size", "_chunk_last")
 
-    def __init__(self, max_line_length: int = 8192, normalize: bool = False):
+    def __init__(self, max_line_length: int = 8192, normalize: bool = False,
+                 chunking: bool = False):
         self.max_line_length = max_line_length
         self.normalize = normalize
+        self.chunking = chunking
         self._canonicalizer: Canonicalizer | None = None
         self._after_crlf = True   # the buffer starts right after a CRLF (data mode)
-        self.mode = COMMAND
+        self.state = COMMAND
         self._buf = bytearray()
         self._eof = False
         self._discarding = False   # inside an over-long command line, dropping until LF
         # (b"\r" when the last dropped byte was CR, so a CRLF split across reads is seen)
         self._data_size = 0
         self._data_long = False
-        self._broken = False
+        self._last_verb: str | None = None   # the verb of the last command handed out
+        self._chunk_left = self._chunk_size = 0
+        self._chunk_last = False
+
+    @property
+    def mode(self) -> str:
+        """The state (an older name of it)."""
+        return self.state
 
     # -- input ----------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -144,9 +190,30 @@ class Connection:
         self._buf.clear()
         return n
 
+    # -- the server's side ------------------------------------------------------------------
+    def send(self, reply) -> str:
+        """Tell the engine the server answered ``reply`` (anything with ``code`` and
+        ``close``) to the last command; returns the new state (:mod:`.states`)."""
+        previous = self.state
+        self.state = states.after_reply(previous, self._last_verb, reply.code, reply.close)
+        if self.state is DATA and previous is not DATA:
+            self._start_data()
+        return self.state
+
+    def start_tls(self) -> None:
+        """The TLS handshake is done: read commands again, from a clean slate (RFC 3207
+        §4.2: nothing received before it may be used after it)."""
+        self._buf.clear()
+        self._discarding = False
+        self._last_verb = None
+        self.state = COMMAND
+
     def start_data(self) -> None:
-        """Switch to data mode; call right after queueing the ``354`` reply."""
-        self.mode = DATA
+        """Switch to data mode, as :meth:`send` does for a ``354`` to ``DATA``."""
+        self.state = DATA
+        self._start_data()
+
+    def _start_data(self) -> None:
         self._data_size = 0
         self._data_long = False
         self._after_crlf = True
@@ -155,11 +222,31 @@ class Connection:
 
     # -- output: events -----------------------------------------------------------------
     def next_event(self):
-        if self._broken:
+        state = self.state
+        if state is COMMAND:
+            event = self._next_command_event()
+        elif state is DATA:
+            event = self._next_data_event()
+        elif state is CHUNK:
+            return self._next_chunk_event()
+        elif state is TLS_HANDSHAKE:
+            return PAUSED
+        else:
             return CLOSED
-        if self.mode is DATA:
-            return self._next_data_event()
-        return self._next_command_event()
+        if type(event) is not Command:
+            self._after_event(event)
+        return event
+
+    def _after_event(self, event) -> None:
+        """Move the state on a client event, by the table."""
+        if isinstance(event, (_Sentinel, BodyChunk)):
+            return
+        name = type(event).__name__
+        if name == "BareLineFeed" or (name == "ForbiddenOctet" and event.in_data):
+            name = states.UNFRAMABLE
+        self.state = states.after_client_event(self.state, name)
+        if self.state is CLOSED_STATE:
+            self._buf.clear()
 
     def _next_command_event(self):
         buf = self._buf
@@ -175,8 +262,6 @@ class Connection:
             del buf[: nl + 1]
             self._discarding = False
             if not ends_in_cr and not self.normalize:
-                self._broken = True
-                buf.clear()
                 return BareLineFeed(in_data=False)
             return self._next_command_event()
         if nl < 0:
@@ -193,19 +278,46 @@ class Connection:
             return LineTooLong()
         if nl == 0 or buf[nl - 1] != 13:
             if not self.normalize:
-                self._broken = True
-                buf.clear()
                 return BareLineFeed(in_data=False)
             raw = bytes(buf[:nl])
         else:
             raw = bytes(buf[: nl - 1])
         del buf[: nl + 1]
         if b"\r" in raw or b"\0" in raw:
+            if self.chunking and raw[:5].upper() == b"BDAT ":
+                # Its chunk cannot be found: close rather than read the chunk as commands.
+                return ForbiddenOctet(first_forbidden(raw), in_data=True)
             return ForbiddenOctet(first_forbidden(raw), in_data=False)
         line = raw.decode("utf-8", "surrogateescape").strip(" \t")
         verb, _, arg = line.partition(" ")
+        verb = verb.upper()
         arg = arg.strip(" \t")
-        return Command(verb.upper(), arg or None, line)
+        self._last_verb = verb
+        if verb == "BDAT" and self.chunking:
+            found = _BDAT_ARG.match(arg)
+            if found is not None:
+                size, last = int(found.group(1)), found.group(2) is not None
+                self._chunk_left = self._chunk_size = size
+                self._chunk_last = last
+                return BdatCommand(verb, arg, line, size, last)
+        return Command(verb, arg or None, line)
+
+    def _next_chunk_event(self):
+        left = self._chunk_left
+        if not left:
+            self.state = states.after_client_event(CHUNK, "EndOfChunk")
+            return EndOfChunk(self._chunk_size, self._chunk_last)
+        buf = self._buf
+        if not buf:
+            return CLOSED if self._eof else NEED_DATA
+        if len(buf) <= left:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:left])
+            del buf[:left]
+        self._chunk_left = left - len(data)
+        return BodyChunk(data)
 
     def _next_data_event(self):
         buf = self._buf
@@ -225,7 +337,7 @@ class Connection:
         block = bytes(buf[:stop])
         del buf[:stop]
         self._data_size += len(block)
-        if not self._data_long and _has_long_line(block, self.max_line_length):
+        if not self._data_long and has_long_line(block, self.max_line_length):
             self._data_long = True
         canonicalizer = self._canonicalizer
         if canonicalizer is not None:
@@ -233,8 +345,6 @@ class Connection:
             return BodyChunk(_unstuff(canonicalizer.feed(block)))
         octet = first_forbidden(block)
         if octet is not None:
-            self._broken = True
-            buf.clear()
             if octet == b"\n":
                 return BareLineFeed(in_data=True)
             return ForbiddenOctet(octet, in_data=True)
@@ -252,8 +362,6 @@ class Connection:
             # be had the line arrived whole.
             octet = first_forbidden(bytes(buf[:dropped]))
             if octet is not None:
-                self._broken = True
-                buf.clear()
                 return ForbiddenOctet(octet, in_data=True)
         self._data_size += dropped
         del buf[:dropped]
@@ -265,7 +373,6 @@ class Connection:
         return NEED_DATA if not self._eof else CLOSED
 
     def _finish_data(self) -> EndOfData:
-        self.mode = COMMAND
         self._canonicalizer = None
         return EndOfData(self._data_size, self._data_long)
 
@@ -277,23 +384,3 @@ def _unstuff(block: bytes) -> bytes:
     if block.startswith(b"."):
         block = block[1:]
     return block
-
-
-def _has_long_line(block: bytes, limit: int) -> bool:
-    """Whether a line (CRLF excluded) in ``block`` is longer than ``limit``, without splitting
-    the block into lines: a line longer than ``limit`` covers a whole aligned window of
-    ``limit // 2`` octets, so only windows with no LF need a closer look."""
-    n = len(block)
-    if n <= limit + 2:
-        return n - 2 > limit
-    step = max(limit // 2, 1)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        if block.find(b"\n", start, stop) < 0:
-            line_start = block.rfind(b"\n", 0, start) + 1
-            line_end = block.find(b"\n", stop)
-            if line_end < 0:
-                line_end = n
-            if line_end - line_start - 1 > limit:
-                return True
-    return False

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_canonical", "canonical", "head_end", "Canonicalizer", "first_forbidden"]
+__all__ = ["is_canonical", "canonical", "head_end", "Canonicalizer", "ChunkLines", "first_forbidden"]
 
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -117,3 +117,85 @@ class Canonicalizer:
         if not is_canonical(body):
             body = _canonical_body(body)
         return head + body
+
+
+class ChunkLines:
+    """The line rules of DATA for message data sent in BDAT chunks (RFC 3030) with
+    ``BODY=7BIT`` or ``8BITMIME``: chunks may cut a line, or a CRLF, anywhere, so whole
+    lines are handed on and the rest waits for the next chunk.
+
+    :meth:`feed` returns the whole lines received so far; with ``normalize`` they are in the
+    canonical form (as DATA's ``normalize``), otherwise the first bare CR, bare LF or NUL
+    is kept in :attr:`refused` and nothing more is handed on.  A line longer than
+    ``max_line_length`` sets :attr:`line_too_long` and is dropped, so memory stays bounded.
+    :meth:`close` hands on the last line, ended with CRLF if it had no line end."""
+
+    __slots__ = ("max_line_length", "canonicalizer", "tail", "refused", "line_too_long")
+
+    def __init__(self, max_line_length: int, normalize: bool = False):
+        self.max_line_length = max_line_length
+        self.canonicalizer = Canonicalizer() if normalize else None
+        self.tail = b""
+        self.refused: bytes | None = None
+        self.line_too_long = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.refused is not None:
+            return b""
+        if self.tail:
+            data = self.tail + data
+        cut = data.rfind(b"\n") + 1
+        whole, tail = data[:cut], data[cut:]
+        limit = self.max_line_length + 2
+        if len(tail) > limit:
+            # An over-long line: drop what cannot matter (all but a CR that may pair with
+            # the next LF), after checking it as the whole line would have been.
+            self.line_too_long = True
+            if self.canonicalizer is None:
+                octet = first_forbidden(tail[:-1])
+                if octet is not None:
+                    self.refused = octet
+                    return b""
+            tail = tail[-1:]
+        self.tail = tail
+        return self._checked(whole)
+
+    def close(self) -> bytes:
+        tail, self.tail = self.tail, b""
+        if not tail or self.refused is not None:
+            return b""
+        return self._checked(tail + (b"\n" if tail.endswith(b"\r") and self.canonicalizer
+                                     else b"\r\n"))
+
+    def _checked(self, lines: bytes) -> bytes:
+        if not lines:
+            return b""
+        if self.canonicalizer is not None:
+            return self.canonicalizer.feed(lines)
+        if not self.line_too_long and has_long_line(lines, self.max_line_length):
+            self.line_too_long = True
+        octet = first_forbidden(lines)
+        if octet is not None:
+            self.refused = octet
+            return b""
+        return lines
+
+
+def has_long_line(block: bytes, limit: int) -> bool:
+    """Whether a line (CRLF excluded) in ``block`` is longer than ``limit``, without splitting
+    the block into lines: a line longer than ``limit`` covers a whole aligned window of
+    ``limit // 2`` octets, so only windows with no LF need a closer look."""
+    n = len(block)
+    if n <= limit + 2:
+        return n - 2 > limit
+    step = max(limit // 2, 1)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        if block.find(b"\n", start, stop) < 0:
+            line_start = block.rfind(b"\n", 0, start) + 1
+            line_end = block.find(b"\n", stop)
+            if line_end < 0:
+                line_end = n
+            if line_end - line_start - 1 > limit:
+                return True
+    return False

@@ -180,6 +180,18 @@ class R:
     data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)
     data_nul = Reply.of(500, "NUL character not allowed in message data", "5.6.0", True)
 
+    # -- BDAT (RFC 3030) ------------------------------------------------------------------
+    data_after_bdat = Reply.of(503, "DATA cannot follow BDAT in one transaction", "5.5.1")
+    binarymime_needs_bdat = Reply.of(503, "BODY=BINARYMIME requires BDAT", "5.5.1")
+    bdat_syntax = Reply.of(501, "Syntax: BDAT <size> [LAST]", "5.5.4", True)
+    bdat_bare_line_end = Reply.of(550, "Message refused: bare CR or LF in message data",
+                                  "5.6.0")
+    bdat_nul = Reply.of(550, "Message refused: NUL character in message data", "5.6.0")
+
+    @staticmethod
+    def chunk_received(size: int) -> Reply:
+        return Reply.of(250, f"{size} octets received", "2.0.0")
+
     # -- AUTH (RFC 4954) --------------------------------------------------------------------
     auth_already = Reply.of(503, "User has previously authenticated.  Further authentication is "
                                  "not required!", "5.5.0")

@@ -267,10 +267,11 @@ async def read_proxy_header_from(transport: TLSTransport) -> tuple[ProxyHeader, 
             raise ProxyError("PROXY header too long")
 
 
-def new_engine(config) -> engine.Connection:
-    """The protocol engine of a new session (or of one that has just started TLS)."""
+def new_engine(config, chunking: bool = False) -> engine.Connection:
+    """The protocol engine of a new session; ``chunking`` when the handler chain implements
+    ``BDAT`` (RFC 3030), so that a BDAT line's chunk is read as data."""
     return engine.Connection(config.max_line_length,
-                             normalize=config.bare_newline == "normalize")
+                             normalize=config.bare_newline == "normalize", chunking=chunking)
 
 
 def tls_info_of(tls: ssl.SSLObject) -> TLSInfo:
@@ -295,8 +296,11 @@ class SessionRunner:
         self.busy_poll = ctx.config.busy_poll / 1e6
         self._bind_io()
         self.session = session
-        self.conn = new_engine(ctx.config)
+        self.conn = new_engine(ctx.config, chunking=ctx.chain.implements("BDAT"))
         self.out: list[bytes] = []
+        #: the reply to the BDAT command whose chunk is being read, when it was refused (its
+        #: chunk is then read and dropped); None while the chunk goes to the data receiver
+        self.chunk_refusal: Reply | None = None
         self.out_size = 0
         self.scope = trio.CancelScope()
         self.idle = False
@@ -480,18 +484,29 @@ class SessionRunner:
                 continue
             if type(event) is BodyChunk:
                 receiver = session.data_receiver
-                if receiver is not None:
+                if receiver is not None and self.chunk_refusal is None:
                     receiver.write(event.data)
                 continue
             if type(event) is Command:
                 self.batch_position += 1
                 reply = await self._command(chain, event)
-                if session.tls_requested:
-                    session.tls_requested = False
+                if conn.send(reply) is engine.TLS_HANDSHAKE:
                     if not await self._start_tls(reply):
                         return
-                    conn, receive = self.conn, self.receive
+                    receive = self.receive
                     continue
+            elif type(event) is engine.BdatCommand:
+                self.batch_position += 1
+                # The chunk follows at once: it is read before this command is answered.
+                self.chunk_refusal = await self._bdat(chain, event)
+                continue
+            elif type(event) is engine.EndOfChunk:
+                reply = await self._end_of_chunk(event)
+                conn.send(reply)
+                if type(reply) is list:
+                    for each in reply[:-1]:
+                        self.queue(each)
+                    reply = reply[-1]
             elif type(event) is EndOfData:
                 replies = await self._end_of_data(event)
                 if isinstance(replies, list):
@@ -501,6 +516,7 @@ class SessionRunner:
                     reply = replies[-1]
                 else:
                     reply = replies
+                conn.send(reply)
             elif event is CLOSED:
                 return
             elif type(event) is engine.LineTooLong:
@@ -532,6 +548,12 @@ class SessionRunner:
         anything with the STARTTLS line, before or after it (command injection,
         CVE-2011-0411).  Returns False when the session must end."""
         session = self.session
+        if self.ctx.tls is None:   # a handler answered 220 to STARTTLS with no TLS set up
+            log.error("%s: STARTTLS answered 220 but no TLS is configured", session)
+            self.out.clear()
+            self.queue(R.unable_to_process.closing())
+            await self.flush()
+            return False
         if self.batch_position > 1 or self.conn.buffered:
             log.warning("%s: STARTTLS pipelined with other data: closing", session)
             self.out.clear()
@@ -551,7 +573,7 @@ class SessionRunner:
             self.scope.deadline = math.inf
         self.stream = tls
         self._bind_io()
-        self.conn = new_engine(self.ctx.config)
+        self.conn.start_tls()
         info = tls_info_of(tls.sslobj)
         session.reset_for_tls(info)
         log.info("%s: TLS started: %s %s", session, info.protocol, info.cipher)
@@ -559,6 +581,7 @@ class SessionRunner:
 
     async def _command(self, chain, command) -> Reply:
         session = self.session
+        before = session.data_receiver
         try:
             handler = session.line_handler
             if handler is not None:
@@ -574,12 +597,55 @@ class SessionRunner:
             reply = R.unable_to_process
         if reply is None:
             reply = R.unrecognized(command.verb)
-        if session.data_receiver is not None:
-            if reply.code == 354:
-                self.conn.start_data()
-            else:  # a handler set up a receiver but refused DATA after all
-                session.data_receiver.abort()
+        receiver = session.data_receiver
+        if receiver is not None and receiver is not before and reply.code != 354:
+            # a handler set up a receiver but refused DATA after all
+            receiver.abort()
+            session.data_receiver = before
+        return reply
+
+    async def _bdat(self, chain, command) -> Reply | None:
+        """A BDAT command (RFC 3030), before its chunk is read: None when the chunk goes to
+        the session's data receiver, else the reply (the chunk is then read and dropped)."""
+        session = self.session
+        try:
+            reply = await chain.dispatch(session, command)
+        except trio.TooSlowError:
+            log.error("%s: a handler of BDAT overran its time budget", session)
+            reply = R.unable_to_process
+        except Exception:
+            log.exception("%s: handler failed on BDAT", session)
+            reply = R.unable_to_process
+        if reply is None and session.data_receiver is None:
+            log.error("%s: a BDAT handler took a chunk without a data receiver", session)
+            reply = R.unable_to_process
+        return reply
+
+    async def _end_of_chunk(self, end) -> "Reply | list[Reply]":
+        """The reply to a BDAT command once its chunk is read.  After the LAST chunk, or a
+        refused one, the transaction is over (RFC 3030 §2)."""
+        session = self.session
+        refusal, self.chunk_refusal = self.chunk_refusal, None
+        if refusal is not None:
+            if session.data_receiver is not None:
+                session.reset_transaction()   # a refused chunk fails its transaction
+            return refusal
+        receiver = session.data_receiver
+        try:
+            reply = await receiver.end_chunk(end)
+        except trio.TooSlowError:
+            log.error("%s: a message handler overran its time budget", session)
+            reply = R.unable_to_process
+        except Exception:
+            log.exception("%s: message handling failed", session)
+            reply = R.unable_to_process
+        last = reply[-1] if type(reply) is list else reply
+        if end.last or not last.is_positive:
+            if session.data_receiver is receiver:
                 session.data_receiver = None
+            if not end.last or not last.is_positive:
+                receiver.abort()
+            session.reset_transaction()
         return reply
 
     async def _end_of_data(self, end) -> "Reply | list[Reply]":

@@ -289,6 +289,25 @@ class SessionDriver:
         replies = self.raw(_stuff(_as_bytes(content)), replies=max(count, 1))
         return replies if self.context.lmtp else replies[0]
 
+    def bdat(self, content: bytes | str, chunk_size: int | None = None) -> Reply | list[Reply]:
+        """``content`` (LF made CRLF) in pipelined BDAT chunks (RFC 3030) of at most
+        ``chunk_size`` octets, the last one ``LAST``.  Returns the first refused chunk's
+        reply, else the LAST chunk's; over LMTP, one reply per accepted recipient."""
+        data = _as_bytes(content)
+        size = chunk_size or max(len(data), 1)
+        pieces = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        stream = b"".join(b"BDAT %d%s\r\n" % (len(p), b" LAST" if i == len(pieces) - 1 else b"")
+                          + p for i, p in enumerate(pieces))
+        count = self._accepted if self.context.lmtp else 1
+        self._accepted = 0
+        replies = self.raw(stream, replies=len(pieces) - 1)
+        refused = next((r for r in replies if r.code >= 400), None)
+        # after a refused chunk the transaction is over: the LAST one gets a single reply
+        last = self.raw(b"", replies=1 if refused else max(count, 1))
+        if refused is not None:
+            return refused
+        return last if self.context.lmtp else last[0]
+
     def rset(self) -> Reply:
         return self.command("RSET")
 

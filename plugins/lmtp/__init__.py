@@ -10,6 +10,7 @@
 See ``docs/lmtp.md``."""
 
 from chainmail.chain import HandlersPackage
+from chainmail_plugins.smtp.bdat import BdatCmdHandler
 from chainmail_plugins.smtp.commands import (ExpnCmdHandler, LhloCmdHandler, MailCmdHandler,
                                              NoopCmdHandler, QuitCmdHandler, RcptCmdHandler,
                                              RsetCmdHandler, UnknownCmdHandler, VrfyCmdHandler,
@@ -17,6 +18,7 @@ from chainmail_plugins.smtp.commands import (ExpnCmdHandler, LhloCmdHandler, Mai
 from chainmail_plugins.smtp.received import ReceivedHeaderHandler
 from chainmail_plugins.smtp.relay import PostmasterAbuseRcptHook, RelayCheckRcptHook
 from chainmail_plugins.smtp.size import MailSizeEsmtpExtension
+from chainmail_plugins.smtp.smtputf8 import SmtpUtf8MailHook, SmtpUtf8RcptHook
 from chainmail_plugins.smtp.starttls import StartTlsCmdHandler
 from chainmail_plugins.smtp.validrcpt import ValidRcptHandler
 
@@ -30,6 +32,9 @@ __all__ = ["CoreCmdHandlerLoader", "MailetContainerCmdHandlerLoader", "MailetCon
 _COMMON = (
     ExpnCmdHandler,
     LhloCmdHandler,
+    SmtpUtf8MailHook,   # SMTPUTF8 announced; before MAIL and RCPT (553 5.6.7)
+    SmtpUtf8RcptHook,
+    BdatCmdHandler,
     MailCmdHandler,
     NoopCmdHandler,
     QuitCmdHandler,

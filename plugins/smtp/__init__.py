@@ -1,6 +1,8 @@
 """The core SMTP handlers (James's ``CoreCmdHandlerLoader`` and ``NoAuthCmdHandlerLoader``).
 
 The order is James's: it decides EHLO keyword order, and which hook of a kind runs first.
+Unlike James, SMTPUTF8 is part of the core (the grammar takes UTF-8 addresses anyway), so it
+is announced by default.
 """
 
 from chainmail.chain import HandlersPackage
@@ -14,7 +16,9 @@ from .identity import SenderAuthIdentifyVerificationHook
 from .received import ReceivedHeaderHandler
 from .relay import PostmasterAbuseRcptHook, RelayCheckRcptHook
 from .size import MailSizeEsmtpExtension
+from .smtputf8 import SmtpUtf8MailHook, SmtpUtf8RcptHook
 from .spool import SendMailHandler
+from .bdat import BdatCmdHandler
 from .starttls import StartTlsCmdHandler
 
 __all__ = ["CoreCmdHandlerLoader", "NoAuthCmdHandlerLoader"]
@@ -26,6 +30,9 @@ def _core(with_auth: bool) -> tuple[type, ...]:
         AuthCmdHandler if with_auth else None,
         DataCmdHandler,
         EhloCmdHandler,
+        SmtpUtf8MailHook,   # before MAIL and RCPT: answers 553 5.6.7 for UTF-8 they refuse
+        SmtpUtf8RcptHook,
+        BdatCmdHandler,
         ExpnCmdHandler,
         HeloCmdHandler,
         HelpCmdHandler,

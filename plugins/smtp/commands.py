@@ -88,10 +88,14 @@ class EhloCmdHandler(_Helo):
         return ("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME")
 
     def on_mail_parameter(self, session, name, value):
-        # RFC 6152: BODY=7BIT or BODY=8BITMIME; anything else is not supported here.
-        if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-            return HookResult.deny(501, "Unsupported BODY type", "5.5.4")
-        return None
+        # RFC 6152: BODY=7BIT or BODY=8BITMIME; RFC 3030: BODY=BINARYMIME when BDAT is there
+        # to carry it.  Anything else is not supported here.
+        body = (value or "").upper()
+        if body in ("7BIT", "8BITMIME"):
+            return None
+        if body == "BINARYMIME" and session.server.chain.implements("BDAT"):
+            return None
+        return HookResult.deny(501, "Unsupported BODY type", "5.5.4")
 
 
 class LhloCmdHandler(EhloCmdHandler):
@@ -217,12 +221,21 @@ class DataCmdHandler:
             return R.no_sender
         if not tx.recipients:
             return R.no_recipients
+        if session.data_receiver is not None:
+            return R.data_after_bdat           # RFC 3030 §2: not both in one transaction
+        if str(tx.mail_params.get("BODY") or "").upper() == "BINARYMIME":
+            return R.binarymime_needs_bdat     # RFC 3030 §3
+        session.data_receiver = await self.open_receiver(session)
+        return R.start_data
+
+    async def open_receiver(self, session):
+        """A receiver for the transaction's message, with the ``prepend_headers`` on top
+        (BDAT uses it too, so that both take the message the same way)."""
         receiver = self.receiver(session)
-        session.data_receiver = receiver
         headers = await session.server.chain.collect("prepend_headers", session)
         for header in headers:
             receiver.prepend(header)
-        return R.start_data
+        return receiver
 
 
 class RsetCmdHandler:

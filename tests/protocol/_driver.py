@@ -5,13 +5,14 @@ from __future__ import annotations
 from chainmail.protocol.engine import (
     CLOSED, NEED_DATA, BareLineFeed, BodyChunk, Command, Connection, EndOfData,
 )
+from chainmail.protocol.replies import R
 
 
 def drain(conn: Connection, events: list, auto_data: bool = True) -> bool:
     """Append every event available to ``events``; True once CLOSED was returned.
 
-    ``auto_data`` switches to data mode after each ``DATA`` command, as the server does once
-    it has queued the ``354`` reply.  The loop is bounded so an engine that stops making
+    ``auto_data`` answers ``354`` to each ``DATA`` command, as the server does: the engine's
+    state table then reads the body.  The loop is bounded so an engine that stops making
     progress fails the test instead of hanging it.
     """
     for _ in range(conn.buffered + 16):
@@ -21,15 +22,15 @@ def drain(conn: Connection, events: list, auto_data: bool = True) -> bool:
         events.append(event)
         if event is CLOSED:
             return True
-        if auto_data and isinstance(event, Command) and event.verb == "DATA":
-            conn.start_data()
+        if auto_data and type(event) is Command and event.verb == "DATA":
+            conn.send(R.start_data)
     raise AssertionError("next_event made no progress")
 
 
 def feed(chunks, max_line_length: int = 8192, auto_data: bool = True, eof: bool = False,
-         conn: Connection | None = None) -> list:
+         conn: Connection | None = None, chunking: bool = False) -> list:
     """Feed ``chunks`` one receive at a time, draining after each; return all events."""
-    conn = conn if conn is not None else Connection(max_line_length)
+    conn = conn if conn is not None else Connection(max_line_length, chunking=chunking)
     events: list = []
     for chunk in chunks:
         conn.receive_data(chunk)

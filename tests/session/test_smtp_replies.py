@@ -21,7 +21,8 @@ def test_greeting_and_ehlo_keywords(chainmail_session):
     ehlo = s.ehlo("client.example")
     assert ehlo.code == 250
     assert list(ehlo.lines) == ["mx.test Hello client.example [127.0.0.1]",
-                                "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME"]
+                                "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8",
+                                "CHUNKING", "BINARYMIME"]
     helo = s.helo("client.example")
     assert (helo.code, helo.text) == (250, "mx.test Hello client.example [127.0.0.1]")
 
@@ -255,3 +256,13 @@ def test_null_sender_and_multiple_recipients(chainmail_session):
     assert msg.sender == ""
     assert msg.recipients == ["a@local.test", "b@local.test"]
     assert b"for <" not in msg.content.split(b"\r\n\r\n")[0]
+
+
+def test_bdat_through_the_session_driver(chainmail_session):
+    s = chainmail_session()
+    s.ehlo()
+    assert s.mail("a@local.test").code == 250 and s.rcpt("u@local.test").code == 250
+    assert s.bdat("Subject: x\n\nsplit into chunks\n", chunk_size=5).code == 250
+    assert s.mail("a@local.test").code == 250 and s.rcpt("u@local.test").code == 250
+    reply = s.bdat("Subject: x\n\nbare\rCR\n")
+    assert (reply.code, reply.enhanced) == (550, "5.6.0")
