@@ -29,6 +29,7 @@ import socket
 import ssl
 import time
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -501,12 +502,14 @@ class SessionRunner:
                 self.chunk_refusal = await self._bdat(chain, event)
                 continue
             elif type(event) is engine.EndOfChunk:
-                reply = await self._end_of_chunk(event)
-                conn.send(reply)
-                if type(reply) is list:
-                    for each in reply[:-1]:
+                replies = await self._end_of_chunk(event)
+                if isinstance(replies, list):
+                    for each in replies[:-1]:
                         self.queue(each)
-                    reply = reply[-1]
+                    reply = replies[-1]
+                else:
+                    reply = replies
+                conn.send(reply)
             elif type(event) is EndOfData:
                 replies = await self._end_of_data(event)
                 if isinstance(replies, list):
@@ -630,7 +633,9 @@ class SessionRunner:
             if session.data_receiver is not None:
                 session.reset_transaction()   # a refused chunk fails its transaction
             return refusal
-        receiver = session.data_receiver
+        receiver: Any = session.data_receiver
+        if receiver is None:   # pragma: no cover - a taken chunk always has a receiver
+            return R.unable_to_process
         try:
             reply = await receiver.end_chunk(end)
         except trio.TooSlowError:
