@@ -19,7 +19,7 @@ import trio
 
 from ..protocol.lineends import canonical
 from .api import ATTR_RETRY_AT, ATTR_SENT_BY_MAILET, ROOT, Mail
-from .dsn import build_dsn, public_reason, status_of, wanted_notifications
+from .dsn import build_dsn, public_reason, report_delivered, status_of, wanted_notifications
 from .outbox import current_outputs
 from .repository import MailRepository, RepositoryStore
 from .spoolcodec import (ATTR_QUEUE_ID, envelope_of, mail_from_queued, original_queue_id,
@@ -27,7 +27,7 @@ from .spoolcodec import (ATTR_QUEUE_ID, envelope_of, mail_from_queued, original_
 
 __all__ = ["ContainerContext", "MailetContext", "mail_from_queued", "envelope_of", "build_dsn",
            "status_of", "wanted_notifications", "ATTR_QUEUE_ID", "queue_id_of",
-           "original_queue_id", "public_reason"]
+           "original_queue_id", "public_reason", "report_delivered"]
 
 log = logging.getLogger("chainmail.mailet")
 
@@ -191,8 +191,8 @@ class ContainerContext:
         recipients whose RFC 3461 ``NOTIFY`` does not ask for it (returns ``None``).
 
         ``details`` gives a recipient its own reason (a remote server's reply);
-        ``remote_mta`` names the server that gave it; ``action`` is ``failed``, ``delayed``
-        or ``relayed``."""
+        ``remote_mta`` names the server that gave it; ``action`` is ``failed``, ``delayed``,
+        ``relayed`` or ``delivered`` (:func:`~chainmail.mailet.dsn.report_delivered`)."""
         if mail.has_null_sender:
             log.info("%s: no bounce for a mail with the null sender", mail.name)
             return None

@@ -12,13 +12,19 @@ import time
 import uuid
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from typing import Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..protocol.lineends import canonical
+from ..protocol.xtext import (XtextError, decode_envid, encode, encode_utf8_addr, is_xtext,
+                              parse_orcpt)
 from .api import Mail
 from .spoolcodec import original_queue_id
 
-__all__ = ["build_dsn", "status_of", "public_reason", "wanted_notifications"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import MailetContext
+
+__all__ = ["build_dsn", "status_of", "public_reason", "wanted_notifications",
+           "report_delivered", "original_envelope_id", "original_recipient"]
 
 
 def status_of(text: str | None, default: str = "5.0.0") -> str:
@@ -72,6 +78,56 @@ def wanted_notifications(mail: Mail, recipients: list[str], action: str) -> list
     return out
 
 
+#: What a ``delivered`` report says of each recipient.
+DELIVERED = "delivered to the mailbox"
+
+
+async def report_delivered(context: MailetContext, mail: Mail,
+                           recipients: Iterable[str]) -> Mail | None:
+    """RFC 3461 ``NOTIFY=SUCCESS``: send ``mail``'s sender a ``delivered`` report (status
+    2.0.0, the header section attached) for those of ``recipients`` that asked for one.
+    Nothing for a null sender or when nobody asked; returns the report sent, if any."""
+    if mail.has_null_sender:
+        return None
+    wanted = wanted_notifications(mail, list(recipients), "delivered")
+    if not wanted:
+        return None
+    return await context.bounce(mail, DELIVERED, status="2.0.0", attachment="heading",
+                                recipients=wanted, action="delivered")
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+def original_envelope_id(value: object) -> str | None:
+    """The ``Original-Envelope-Id`` of a report (RFC 3464 §2.2.1): ``ENVID`` decoded from
+    xtext.  A value that is not valid xtext (set by a mailet, say) is quoted as it is if it
+    is printable US-ASCII, else left out."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return decode_envid(value)
+    except XtextError:
+        return value if _printable(value) and is_xtext(value) else None
+
+
+def original_recipient(value: object) -> str | None:
+    """The ``Original-Recipient`` of a report (RFC 3464 §2.3.1): ``ORCPT``'s address type and
+    its decoded address.  A non-ASCII address stays encoded (``utf-8-addr-xtext`` for the
+    ``utf-8`` type, xtext for others), so the report is 7-bit; an invalid value is quoted
+    as it is if printable US-ASCII, else left out."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        addr_type, address = parse_orcpt(value)
+    except XtextError:
+        return value if _printable(value) else None
+    if not address.isascii():
+        address = encode_utf8_addr(address) if addr_type.lower() == "utf-8" else encode(address)
+    return f"{addr_type};{address}"
+
+
 def _diagnostic(reason: str) -> str:
     """``smtp; <reply>`` for a remote server's reply, else chainmail's own words."""
     line = " ".join(reason.split())
@@ -112,7 +168,8 @@ def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
     rcpts = recipients if recipients is not None else list(mail.recipients)
     details = dict(details or {})
     reasons = {r: public_reason(details.get(r, reason)) for r in rcpts}
-    given = {r: status or status_of(reasons[r], "2.0.0" if action == "relayed" else "5.0.0")
+    success = action in ("relayed", "delivered")
+    given = {r: status or status_of(reasons[r], "2.0.0" if success else "5.0.0")
              for r in rcpts}
     permanent = all(st.startswith("5") for st in given.values())
     # A failure is final, whatever the last attempt said: a temporary status (4.x.x) that
@@ -136,7 +193,7 @@ def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
     human_bytes = human_text.encode("utf-8", "surrogateescape")
     cte = "7bit" if human_bytes.isascii() else "8bit"
     fields = [f"Reporting-MTA: dns; {reporting_mta}"]
-    envid = mail.mail_params.get("ENVID")
+    envid = original_envelope_id(mail.mail_params.get("ENVID"))
     if envid:
         fields.append(f"Original-Envelope-Id: {envid}")
     if mail.name:   # the id the sender's 250 reply named, not that of a copy made of it
@@ -145,13 +202,13 @@ def build_dsn(mail: Mail, *, reason: str, reporting_mta: str, postmaster: str,
     per_rcpt = []
     for r in rcpts:
         block = []
-        orcpt = mail.rcpt_params.get(r, {}).get("ORCPT")
+        orcpt = original_recipient(mail.rcpt_params.get(r, {}).get("ORCPT"))
         if orcpt:
             block.append(f"Original-Recipient: {orcpt}")
         block += [f"Final-Recipient: rfc822; {r}", f"Action: {action}", f"Status: {statuses[r]}"]
         if remote_mta:
             block.append(f"Remote-MTA: dns; {remote_mta}")
-        if action != "relayed" or r in details:
+        if not success or r in details:
             block.append(f"Diagnostic-Code: {_diagnostic(reasons[r])}")
         block.append(f"Last-Attempt-Date: {now}")
         per_rcpt.append("\r\n".join(block))

@@ -3,15 +3,23 @@ its own delivery and its own complete reply, in RCPT order.
 
 Each message gets a queue id of the spool's form when its body is complete; every log line
 about its deliveries is written inside :func:`chainmail.logctx.about_message` and names it,
-and mail the container makes of it (bounces, forwards) keeps it."""
+and mail the container makes of it (bounces, forwards) keeps it.
+
+A recipient delivered here (a ``250``: LMTP's final delivery) that asked for
+``NOTIFY=SUCCESS`` (RFC 3461) earns the sender one ``delivered`` report per message, spooled
+before the replies are sent."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from typing import Any, Callable
 
+from chainmail import logctx
 from chainmail.logctx import about_message
+from chainmail.mailet.api import Mail
+from chainmail.mailet.dsn import report_delivered, wanted_notifications
 from chainmail.message import IncomingMessage
 from chainmail.store.spool import new_id
 from chainmail.protocol.replies import R
@@ -85,7 +93,46 @@ class LmtpDataReceiver(DataReceiver):
                 replies.append(R.lmtp_delivered(str(rcpt)))
             else:
                 replies.append(to_reply(verdict, R.lmtp_delivered(str(rcpt))))
+        delivered = [str(r) for r, reply in zip(recipients, replies)
+                     if reply is not None and reply.code == 250]
+        if delivered:
+            await _report_delivered(session, message, delivered)
         return replies
+
+
+def _success_wanted(transaction) -> bool:
+    """Did any recipient of a non-null sender ask for ``NOTIFY=SUCCESS``?  (Cheap: no copy
+    of the message is made for a report nobody asked for.)"""
+    return transaction.sender is not None and any(
+        "SUCCESS" in str(p.get("NOTIFY") or "").upper().split(",") for p in transaction.rcpt_params)
+
+
+async def _report_delivered(session, message, delivered: list[str]) -> None:
+    """Spool a ``delivered`` report for the recipients in ``delivered`` that asked for one,
+    through the mailet container's context (or the spool alone, without a container).  A
+    report that cannot be made is logged; the deliveries stand."""
+    if not _success_wanted(message.transaction):
+        return
+    server = session.server
+    try:
+        envelope = message.envelope()
+        mail = Mail(logctx.queue_id.get(), envelope.sender, delivered, message.read(),
+                    attributes=envelope.attributes, mail_params=envelope.mail_params,
+                    rcpt_params=dict(zip(envelope.recipients, envelope.rcpt_params)),
+                    queued_at=time.time())
+        if not wanted_notifications(mail, delivered, "delivered"):
+            return
+        engine = getattr(server, "mailet_engine", None)
+        if engine is not None:
+            context = engine.context
+        else:
+            from chainmail.mailet.context import ContainerContext
+            context = ContainerContext(domains=server.domains, users=server.users,
+                                       spool=server.spool, hostname=server.hostname,
+                                       limiter=server.limiter)
+        await report_delivered(context, mail, delivered)
+    except Exception:
+        log.exception("%s: delivered report for %s not sent", session, ", ".join(delivered))
 
 
 class LmtpDataCmdHandler(DataCmdHandler):
@@ -97,7 +144,7 @@ class LmtpDataCmdHandler(DataCmdHandler):
 class MailboxDeliverToRecipientHandler:
     """Delivers into the recipient's Maildir (``<var>/mail/<user>/``), following address
     aliases and domain aliases to local users.  Over quota: ``552 5.2.2``; a store failure:
-    ``451 4.3.0`` for that recipient only."""
+    ``451 4.3.0`` for that recipient only.  ``NOTIFY=SUCCESS`` reports: see the module."""
 
     parameters = ()
 

@@ -157,6 +157,10 @@ class LocalDelivery(GenericMailet):
     status.  The sender only ever sees ``Mailbox temporarily unavailable``; the log has the
     details, under the queue id.
 
+    A recipient that asked for ``NOTIFY=SUCCESS`` (RFC 3461) earns its sender a report with
+    ``Action: delivered`` and status 2.0.0 (the header section attached) once every copy of
+    it is written; never for a mail with the null sender.
+
     Folders (James's storage directive): the attribute ``DeliveryPaths_<user>`` (a list of
     folder names; ``DeliveryPath_<user>``, one name, as James's older mailets set it), set
     by ``Sieve`` or ``JMAPFiltering``, sends the user's copy to those Maildir++ folders
@@ -238,7 +242,22 @@ class LocalDelivery(GenericMailet):
             log.warning("%s: not delivered to %s: %s", mail.name,
                         ", ".join(f"<{r}>" for r in rcpts), reason)
             await context.send_mail(copy, self.error_processor)
+        done = [r for r in dict.fromkeys(r for r, _, _ in targets)
+                if r not in failed_rcpts and r not in temporary]
+        if done:
+            await self._report_delivered(mail, done)
         mail.state = GHOST
+
+    async def _report_delivered(self, mail, rcpts: list[str]) -> None:
+        """RFC 3461 ``NOTIFY=SUCCESS``: a ``delivered`` report for the recipients that asked.
+        A report that cannot be made is logged: the mail is delivered all the same, and
+        failing here would deliver it twice."""
+        from chainmail.mailet.dsn import report_delivered
+        try:
+            await report_delivered(self.context, mail, rcpts)
+        except Exception:
+            log.exception("%s: delivered report for %s not sent", mail.name,
+                          ", ".join(f"<{r}>" for r in rcpts))
 
     async def _retry_or_fail(self, mail, rcpts: list[str], failed: dict[str, list[str]],
                              folders: dict[str, list[str]] | None = None) -> None:
