@@ -1,7 +1,7 @@
 """Mailboxes: the interface local delivery writes to, and its Maildir implementation.
 
-The inbox of user ``U`` (a full, lower-cased address) is the Maildir ``<var>/mail/<U>/``
-with ``cur/``, ``new/`` and ``tmp/``.  A delivery is written the Maildir way
+The inbox of user ``U`` (a full, lower-cased address, UTF-8 in NFC) is the Maildir
+``<var>/mail/<U>/`` with ``cur/``, ``new/`` and ``tmp/``.  A delivery is written the Maildir way
 (https://cr.yp.to/proto/maildir.html): a unique name in ``tmp/``, every byte written and
 fsynced, then renamed into ``new/`` and ``new/`` fsynced.  A reader (Dovecot, mutt,
 Python's :class:`mailbox.Maildir`) never sees a partial message, and once
@@ -50,6 +50,7 @@ import re
 import socket
 import threading
 import time
+import unicodedata
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from chainmail.protocol.lineends import canonical
@@ -60,7 +61,7 @@ if TYPE_CHECKING:   # imported where used: the CLI's stores do not load trio
     import trio
 
 __all__ = ["MailboxStore", "MaildirStore", "QuotaExceededError", "MailboxError",
-           "maildir_name_for", "maildir_folder_for", "INBOX"]
+           "maildir_name_for", "maildir_folder_for", "user_key", "INBOX"]
 
 COMPONENT = "mailbox"
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -97,10 +98,18 @@ class QuotaExceededError(MailboxError):
                          f"{quota} bytes; the message needs {size}")
 
 
-def maildir_name_for(username: str) -> str:
-    """The directory name of a user's Maildir: the lower-cased username, with ``/``, ``%``,
-    NUL and a leading dot percent-encoded so that it is always one plain directory name."""
+def user_key(username: str) -> str:
+    """How a username is compared and stored here: trimmed, lower-cased, and in Unicode
+    NFC, so that a UTF-8 name written composed or decomposed is one mailbox."""
     name = username.strip().lower()
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
+
+
+def maildir_name_for(username: str) -> str:
+    """The directory name of a user's Maildir: the username in the form of
+    :func:`user_key`, with ``/``, ``%``, NUL and a leading dot percent-encoded so that it is
+    always one plain directory name."""
+    name = user_key(username)
     if not name:
         raise MailboxError("empty username")
     out = []
@@ -263,7 +272,7 @@ class MaildirStore(MailboxStore):
         (an IMAP server, ``mailbox.Maildir``) never sees it without its three folders."""
         path = self.path_for(username)
         if os.path.isdir(os.path.join(path, "tmp")):
-            self._ready[(username.strip().lower(), "")] = path
+            self._ready[(user_key(username), "")] = path
             return path
         _makedirs_durable(self.root)
         staging = os.path.join(self.root, f".new-{os.getpid()}-{os.urandom(6).hex()}")
@@ -302,7 +311,7 @@ class MaildirStore(MailboxStore):
         folder's path.  The folder is built in the Maildir's ``tmp/`` (``cur``, ``new``,
         ``tmp`` and the ``maildirfolder`` file Dovecot and Courier look for) and renamed
         into place, so that it appears complete."""
-        user = username.strip().lower()
+        user = user_key(username)
         name = maildir_folder_for(folder)
         root = self._ready.get((user, "")) or self.ensure(user)
         if not name:
@@ -447,7 +456,7 @@ class MaildirStore(MailboxStore):
                 ) -> tuple[int, int, str, str, str]:
         """Write one delivery to the ``tmp/`` of its folder (not yet synced), after the
         quota check."""
-        user = username.strip().lower()
+        user = user_key(username)
         name = maildir_folder_for(folder)
         path = self._ready.get((user, name)) or self.ensure_folder(user, folder)
         size = len(head) + len(body)
@@ -609,13 +618,13 @@ class MaildirStore(MailboxStore):
             return None
         with self._db_lock:
             row = self._conn.execute("SELECT max_bytes FROM mailbox_quota WHERE username = ?",
-                                     (username.strip().lower(),)).fetchone()
+                                     (user_key(username),)).fetchone()
         return None if row is None else int(row[0])
 
     def set_quota(self, username: str, max_bytes: int | None) -> None:
         if self._conn is None:
             raise MailboxError("no database: quotas are not available")
-        user = username.strip().lower()
+        user = user_key(username)
         with self._db_lock:
             self._quotas = None   # this connection's own writes do not move data_version
             if max_bytes is None:

@@ -3,7 +3,10 @@
 Usernames are full, lower-cased addresses (``bob@example.org``): virtual
 hosting is always on.  :meth:`UsersRepository.username_for` maps a recipient
 or sender address to its username the way James's ``getUsername`` does
-(lower-cased, ``+detail`` removed from the local part).
+(lower-cased, ``+detail`` removed from the local part).  A UTF-8 local part
+(RFC 6531) is kept in Unicode normalisation form NFC wherever a username is
+stored or looked up, so ``ü`` written composed or decomposed is one user;
+domains take their IDNA (``xn--``) form.
 
 Passwords are never stored.  Each user has a salted scrypt hash, written as a
 self-describing PHC-style string::
@@ -31,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import os
+import unicodedata
 from typing import Any
 
 from chainmail.store import sqlite as _sqlite
@@ -47,6 +51,7 @@ __all__ = [
     "check_password",
     "hash_password",
     "needs_rehash",
+    "nfc",
     "normalize_username",
     "username_for",
 ]
@@ -86,11 +91,16 @@ class UserExistsError(ValueError):
 # -- addresses --------------------------------------------------------------------------
 
 
+def nfc(text: str) -> str:
+    """``text`` in Unicode normalisation form NFC (ASCII is returned as it is)."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def username_for(address: Any) -> str:
     """James's ``getUsername``: the lower-cased full address, ``+detail`` stripped.
 
     ``"Bob+tag@Example.ORG"`` -> ``"bob@example.org"``.  A leading ``+`` is not a
-    detail separator (``"+x@d"`` stays).  Non-ASCII domains and address literals
+    detail separator (``"+x@d"`` stays).  A UTF-8 local part is put in NFC.  Non-ASCII domains and address literals
     get their canonical form (``xn--``, ``[ipv6:...]``).  An address without a
     domain keeps none: callers complete it with the default domain first.
     """
@@ -101,7 +111,7 @@ def username_for(address: Any) -> str:
     plus = local.find("+")
     if plus > 0:
         local = local[:plus]
-    local = local.lower()
+    local = nfc(local.lower())
     if not at:
         return local
     domain = domain.lower()
@@ -119,7 +129,7 @@ def normalize_username(username: str) -> str:
     A username is a full address ``local@domain``: the local part a dot-atom
     (letters, digits and ``!#$%&'*-/=?^_`{|}~`` between single dots; UTF-8
     allowed), no ``+`` (it separates the detail, so ``bob+x@d`` always means
-    ``bob@d``), no quoted local parts; a valid domain.  Lower-cased.
+    ``bob@d``), no quoted local parts; a valid domain.  Lower-cased, in NFC.
     """
     from chainmail.protocol.grammar import GrammarError, parse_mailbox
 
@@ -143,12 +153,12 @@ def normalize_username(username: str) -> str:
         domain = normalize_domain(mailbox.domain or "")
     except ValueError as exc:
         raise ValueError(f"invalid username {username!r}: {exc}") from None
-    return f"{mailbox.local.lower()}@{domain}"
+    return f"{nfc(mailbox.local.lower())}@{domain}"
 
 
 def _lookup_key(username: Any) -> str:
     """How ``contains``/``verify`` spell a username given by a client: lower-cased."""
-    text = str(username).strip().lower()
+    text = nfc(str(username).strip().lower())
     if text[-1:] == ".":
         text = text[:-1]
     local, at, domain = text.rpartition("@")
