@@ -4,12 +4,18 @@ It speaks ESMTP to one host: greeting, ``EHLO`` (``HELO`` when EHLO is refused),
 (opportunistic or required) or implicit TLS, ``AUTH PLAIN``/``LOGIN`` towards gateways, the
 envelope pipelined in one write when the server offers ``PIPELINING`` (RFC 2920), ``SIZE``
 (RFC 1870), ``BODY=8BITMIME`` (RFC 6152), ``SMTPUTF8`` (RFC 6531), per-recipient results,
-``DATA`` with dot-stuffing, ``RSET`` between mails on the same connection, and ``QUIT``.
+the content with ``BDAT`` when the server offers ``CHUNKING`` (RFC 3030: no dot-stuffing,
+1 MiB chunks, pipelined with ``PIPELINING``) or else ``DATA`` with dot-stuffing, ``RSET``
+between mails on the same connection, and ``QUIT``.
 
 What goes on ``MAIL`` and ``RCPT`` depends on what the server offers:
 
 - 8-bit content to a server without ``8BITMIME`` is made 7-bit first
   (:mod:`chainmail.remote.sevenbit`); 8-bit headers without ``SMTPUTF8`` are downgraded;
+- ``BODY=BINARYMIME`` content (RFC 3030) goes byte for byte with ``BDAT`` to a server
+  offering ``BINARYMIME`` and ``CHUNKING``; to any other server only when it is made of
+  lines anyway (:func:`fits_in_lines`), as any other mail; else it is not sent
+  (:class:`SmtpConversionError`, ``554 5.6.3``);
 - non-ASCII addresses without ``SMTPUTF8``: domains go as A-labels (as James's
   ``SmtpUtf8Strategy``); a non-ASCII local part cannot be downgraded, so that address is
   refused locally with ``553 5.6.7`` (RFC 6531 §3.6);
@@ -25,6 +31,8 @@ Failures are exceptions with the classification RemoteDelivery needs:
 - :class:`SmtpConnectionError`: the connection could not be made or broke (refused, reset,
   timeout, TLS handshake failure): try the next address, then retry later;
 - :class:`SmtpReplyError`: the server refused a command; ``permanent`` is true for ``5xx``;
+- :class:`SmtpConversionError` (a reply error made locally): binary content for a server
+  that cannot take it;
 - :class:`SmtpTlsRequiredError`: STARTTLS is required and the server does not offer it;
 - :class:`SmtpTlsPolicyError` (a handshake error): the certificate chain fails the check
   given as ``tls_check`` (DANE, :mod:`chainmail.remote.dane`).
@@ -55,7 +63,8 @@ import idna
 
 __all__ = [
     "SmtpError", "SmtpConnectionError", "SmtpReplyError", "SmtpTlsRequiredError",
-    "SmtpTlsHandshakeError", "SmtpTlsPolicyError", "RecipientResult", "SendResult", "SmtpClient", "client_tls_context", "dot_stuff",
+    "SmtpTlsHandshakeError", "SmtpTlsPolicyError", "SmtpConversionError", "RecipientResult",
+    "SendResult", "SmtpClient", "client_tls_context", "dot_stuff", "fits_in_lines", "BDAT_CHUNK",
 ]
 
 MAX_REPLY_LINE = 4096
@@ -63,6 +72,12 @@ MAX_REPLY_LINES = 256
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 DSN_MAIL_KEYS = ("RET", "ENVID")
 DSN_RCPT_KEYS = ("NOTIFY", "ORCPT")
+#: Octets per ``BDAT`` command: large enough that the command costs nothing, small enough
+#: that a refusal stops the transfer early.
+BDAT_CHUNK = 1024 * 1024
+#: RFC 5322 §2.1.1: at most 998 octets per line, CRLF excluded.
+MAX_LINE = 998
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
 
 
 class SmtpError(Exception):
@@ -123,6 +138,22 @@ class SmtpReplyError(SmtpError):
     @property
     def permanent(self) -> bool:  # type: ignore[override]
         return self.reply.code >= 500
+
+
+class SmtpConversionError(SmtpReplyError):
+    """Binary content (``BODY=BINARYMIME``) for a server without ``BINARYMIME`` and
+    ``CHUNKING``: nothing was sent; another exchanger may still take it (``554 5.6.3``)."""
+
+
+def fits_in_lines(content: bytes) -> bool:
+    """Whether ``content`` can travel as lines (DATA, 8BITMIME or 7bit): no NUL, every CR
+    and LF part of a CRLF, and no line over 998 octets (RFC 5322 §2.1.1)."""
+    return is_canonical(content) and _LONG_LINE.search(content) is None
+
+
+def _binary_refused(host: str, why: str) -> Reply:
+    return Reply.of(554, f"Conversion required but not supported: the message is binary "
+                         f"(BODY=BINARYMIME) and {host} {why}", "5.6.3")
 
 
 @dataclass(frozen=True)
@@ -229,6 +260,8 @@ def _refused_utf8(address: str, host: str) -> Reply:
 
 class SmtpClient:
     """One SMTP session.  Make it with :meth:`connect`; close it with :meth:`quit` or :meth:`aclose`."""
+
+    chunk_size = BDAT_CHUNK
 
     def __init__(self, stream: trio.abc.Stream, *, host: str, helo_name: str,
                  timeout: float) -> None:
@@ -376,8 +409,10 @@ class SmtpClient:
                    send_partial: bool = False, mail_params: Iterable[str] = (),
                    dsn: Mapping[str, object] | None = None,
                    rcpt_dsn: Mapping[str, Mapping[str, object]] | None = None,
-                   priority: int | None = None, require_tls: bool = False) -> SendResult:
-        """One mail: ``MAIL``, ``RCPT`` per recipient, ``DATA``.
+                   priority: int | None = None, require_tls: bool = False,
+                   chunking: bool = True, binarymime: bool = False) -> SendResult:
+        """One mail: ``MAIL``, ``RCPT`` per recipient, then ``BDAT`` (when the server offers
+        ``CHUNKING`` and ``chunking`` is true) or ``DATA``.
 
         A refused ``MAIL`` raises :class:`SmtpReplyError`.  Refused recipients are in the
         result; with some refused, DATA is sent only when ``send_partial``; with none
@@ -388,11 +423,23 @@ class SmtpClient:
         ``dsn`` (``RET``, ``ENVID``) and ``rcpt_dsn`` (recipient -> ``NOTIFY``, ``ORCPT``)
         go out only when the server offers ``DSN``; ``priority`` only with ``MT-PRIORITY``.
         ``require_tls`` refuses to send unless ``REQUIRETLS`` can be asked for.
+        ``binarymime``: the content was received with ``BODY=BINARYMIME`` (RFC 3030); it
+        goes as it is to a server offering ``BINARYMIME`` and ``CHUNKING``, else as lines
+        when it is made of lines, else not at all (:class:`SmtpConversionError`).
         """
         if require_tls:
             self._check_requiretls()
+        use_bdat = chunking and "CHUNKING" in self.extensions
+        binary = binarymime and "BINARYMIME" in self.extensions and use_bdat
+        if binarymime and not binary and not fits_in_lines(content):
+            why = ("does not offer BINARYMIME and CHUNKING" if chunking
+                   else "may not be sent BDAT (chunking is off)")
+            raise SmtpConversionError("MAIL", _binary_refused(self.host, why))
         utf8 = self._wants_smtputf8(sender, recipients, content)
-        content, params = self._prepare_content(content, utf8)
+        if binary:
+            content, params = self._prepare_binary(content, utf8)
+        else:
+            content, params = self._prepare_content(content, utf8)
         params += self._mail_params(utf8, dsn, priority, require_tls)
         params += list(mail_params)
         wire_sender = sender if utf8 else ascii_address(sender)
@@ -413,6 +460,11 @@ class SmtpClient:
             for r in recipients])
         if not result.accepted or (result.refused and not send_partial):
             await self.rset()
+            return result
+        if use_bdat:
+            if not binary and content and not content.endswith(b"\r\n"):
+                content += b"\r\n"     # what DATA sends, unstuffed
+            result.data_reply = await self._bdat(content)
             return result
         reply = await self.command("DATA")
         if reply.code != 354:
@@ -459,6 +511,58 @@ class SmtpClient:
         if has_8bit(content) and "8BITMIME" in self.extensions:
             params.append("BODY=8BITMIME")
         return content, params
+
+    def _prepare_binary(self, content: bytes, utf8: bool) -> tuple[bytes, list[str]]:
+        """Binary content as stored: only an 8-bit header section may change (downgraded
+        for a server without ``SMTPUTF8``), never a byte of the body."""
+        if not utf8:
+            header, sep, body = split_entity(content)
+            if has_8bit(header):
+                try:
+                    content = downgrade_headers(header) + sep + body
+                except ConversionError as exc:
+                    raise SmtpReplyError("MAIL", Reply.of(exc.code, str(exc), exc.enhanced)) from None
+        return content, self._size_params(content) + ["BODY=BINARYMIME"]
+
+    async def _bdat(self, data: bytes) -> Reply:
+        """The content in ``BDAT`` chunks, the last one ``LAST``; returns the reply that
+        decides the transaction: the last chunk's, or the first refusal.
+
+        With ``PIPELINING`` the next chunk is sent before the reply to the previous one is
+        read (RFC 3030 with PIPELINING), so the wire stays busy.  After a refusal no other chunk is
+        sent, the replies still owed are read, and the transaction is reset."""
+        chunk_size = self.chunk_size
+        view = memoryview(data)
+        offsets = range(0, len(data), chunk_size) if data else range(1)
+        window = 2 if "PIPELINING" in self.extensions else 1
+        owed = 0
+        refused: Reply | None = None
+        reply: Reply | None = None
+        for n, start in enumerate(offsets):
+            chunk = view[start:start + chunk_size]
+            last = n == len(offsets) - 1
+            await self.write(f"BDAT {len(chunk)}{' LAST' if last else ''}\r\n".encode() + chunk)
+            owed += 1
+            while owed >= window or (last and owed):
+                reply = await self.read_reply()
+                owed -= 1
+                if not 200 <= reply.code < 300 and refused is None:
+                    refused = reply
+            if refused is not None:
+                break
+        try:
+            for _ in range(owed):
+                await self.read_reply()
+        except SmtpConnectionError:
+            if refused is None:
+                raise
+            return refused            # e.g. 421 then close: the refusal says why
+        if refused is not None:
+            if refused.code != 421:
+                await self.rset()
+            return refused
+        assert reply is not None
+        return reply
 
     def _size_params(self, content: bytes) -> list[str]:
         """``SIZE=<n>``; larger than the advertised limit is refused here (``552 5.3.4``)."""

@@ -17,6 +17,11 @@ James reads these in ``RemoteDeliveryConfiguration``, ``DelaysAndMaxRetry``, ``D
 - an invalid ``maxDnsProblemRetries`` or a ``mail.*`` parameter without a value is an error
   naming the mailet's file, line and parameter.
 
+chainmail's own parameters: ``chunking`` (send with ``BDAT`` to servers offering CHUNKING,
+default true) and ``delayWarningTime`` (when a mail whose recipients asked RFC 3461
+``NOTIFY=DELAY`` is still undelivered after this long, they get one ``delayed`` report;
+a duration as ``timeout``, default 4 hours, 0 turns it off).
+
 Parameter names are case-sensitive, as in James: ``connectiontimeout`` is the key the code
 reads (James's documentation writes ``connectionTimeout``, which James ignores; chainmail
 ignores it too, with a warning).
@@ -32,7 +37,7 @@ from typing import Any, Mapping
 from ..config.errors import ConfigError, ConfigWarning
 
 __all__ = [
-    "DEFAULT_DELAY_MS", "DEFAULT_MAX_RETRIES", "Delay", "DelaysAndMaxRetry", "DelayError",
+    "DEFAULT_DELAY_MS", "DEFAULT_MAX_RETRIES", "DEFAULT_DELAY_WARNING_MS", "Delay", "DelaysAndMaxRetry", "DelayError",
     "RemoteDeliveryConfig", "parse_duration_ms", "parse_delay", "parse_delay_list",
     "delays_and_max_retry", "parse_gateways", "split_host_port",
 ]
@@ -44,6 +49,8 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT_MS = 180_000
 DEFAULT_CONNECTION_TIMEOUT_MS = 60_000
 DEFAULT_OUTGOING = "outgoing"
+#: ``delayWarningTime``: Postfix's usual ``delay_warning_time`` setting.
+DEFAULT_DELAY_WARNING_MS = 4 * 3600 * 1000
 
 # ChronoUnit durations as James's DurationParser uses them (months and years are the
 # estimated ones: a year is 365.2425 days).
@@ -273,6 +280,10 @@ class RemoteDeliveryConfig:
     mta_sts: bool = True
     dnssec: bool = False
     dane: bool = True
+    #: RFC 3030 CHUNKING towards servers that offer it
+    chunking: bool = True
+    #: RFC 3461 NOTIFY=DELAY: a "delayed" report after this long undelivered (0: never)
+    delay_warning_ms: int = DEFAULT_DELAY_WARNING_MS
     #: the parameters the configuration set (James defaults versus explicit choices)
     given: frozenset[str] = frozenset()
 
@@ -368,6 +379,16 @@ class RemoteDeliveryConfig:
         def optional(key: str) -> str | None:
             value = text(key)
             return value or None
+
+        def duration(key: str, default: int) -> int:
+            value = text(key)
+            if value is None or value == "":
+                return default
+            try:
+                return parse_duration_ms(value)
+            except DelayError as exc:
+                warn(key, f"{exc}; using the default {default} ms")
+                return default
 
         # outgoing
         outgoing = optional("outgoing") or DEFAULT_OUTGOING
@@ -468,6 +489,8 @@ class RemoteDeliveryConfig:
             mta_sts=mta_sts,
             dnssec=dnssec,
             dane=dane,
+            chunking=boolean("chunking", True),
+            delay_warning_ms=duration("delayWarningTime", DEFAULT_DELAY_WARNING_MS),
             warnings=tuple(warnings),
             given=frozenset(k for k, v in params.items() if v is not None and v.strip()),
         )

@@ -19,6 +19,13 @@ the James parameters, opportunistic TLS): an exchanger a domain policy refuses, 
 fails it, is skipped, and the attempt is temporary (``451 4.7.5``) when nothing else took
 the mail; opportunistic TLS retries a failed handshake once in clear text.
 
+Binary mail (``BODY=BINARYMIME``, RFC 3030) goes only to an exchanger offering BINARYMIME
+and CHUNKING, unless it is made of lines anyway; an exchanger that cannot take it is
+skipped without a transaction, and when every exchanger reached was such, the mail fails
+with ``554 5.6.3``.  A message whose header says ``TLS-Required: No`` (RFC 8689 §5) has the
+DANE and MTA-STS requirements of the domain relaxed to opportunistic TLS, unless it came
+with REQUIRETLS.
+
 Beyond James: ``pool`` reuses idle connections (:mod:`chainmail.remote.pool`);
 ``require_tls`` (RFC 8689) skips every host that cannot give verified TLS with REQUIRETLS and
 fails with ``5.7.30`` when none can; DSN parameters (RFC 3461) and MT-PRIORITY (RFC 6710) go
@@ -38,15 +45,16 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .client import (
-    SendResult, SmtpClient, SmtpConnectionError, SmtpError, SmtpReplyError,
+    SendResult, SmtpClient, SmtpConnectionError, SmtpConversionError, SmtpError, SmtpReplyError,
     SmtpTlsHandshakeError, SmtpTlsRequiredError,
 )
 from .pool import ConnectionPool, PoolKey
 from .config import RemoteDeliveryConfig
 from .dns import DnsError, DnsService, NoDnsEntries
-from .tlspolicy import REQUIRETLS, HostTls, TlsPolicy
+from .tlspolicy import REQUIRETLS, HostTls, TlsPolicy, tls_required_no
 
-__all__ = ["Target", "Outcome", "deliver", "targets_for", "SUCCESS", "PERMANENT", "TEMPORARY"]
+__all__ = ["Target", "Outcome", "deliver", "targets_for", "is_binarymime", "SUCCESS", "PERMANENT",
+           "TEMPORARY"]
 
 log = logging.getLogger("chainmail.remote")
 
@@ -122,6 +130,12 @@ async def targets_for(domain: str, config: RemoteDeliveryConfig, dns: DnsService
     if config.gateways and not out:
         raise NoDnsEntries(", ".join(h for h, _ in hosts), nxdomain=False)
     return out
+
+
+def is_binarymime(mail_params: Mapping[str, Any] | None) -> bool:
+    """The mail was received with ``BODY=BINARYMIME`` (RFC 3030)."""
+    body = {str(k).upper(): v for k, v in (mail_params or {}).items()}.get("BODY")
+    return isinstance(body, str) and body.upper() == "BINARYMIME"
 
 
 def _verifies(ctx: ssl.SSLContext) -> bool:
@@ -289,13 +303,19 @@ async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
     policy = tls_policy or TlsPolicy(config, dns, tls_context=tls_context)
     if require_tls and (_verification_off(config) or not _verifies(policy.verifying)):
         return _requiretls_failed(outcome, remaining, "certificate verification is turned off")
-    plan = await policy.plan(domain, [t.host for t in targets], require_tls=require_tls)
+    relaxed = tls_required_no(content)
+    if relaxed and require_tls:
+        log.info("TLS-Required: No ignored for %s: the mail asks for REQUIRETLS", domain)
+    plan = await policy.plan(domain, [t.host for t in targets], require_tls=require_tls,
+                             tls_optional=relaxed and not require_tls)
     attempt = _Attempt(sender, remaining, content, config, policy, domain, pool,
                        dict(dsn=mail_params, rcpt_dsn=rcpt_params,
-                            priority=_priority(priority), require_tls=require_tls))
+                            priority=_priority(priority), require_tls=require_tls,
+                            chunking=config.chunking, binarymime=is_binarymime(mail_params)))
     last_error = f"no address to connect to for {domain}"
     unsatisfied: list[str] = []     # REQUIRETLS: hosts reached that cannot provide it
     not_allowed: list[str] = []     # DANE, MTA-STS: hosts refused or failing the policy
+    unconvertible: list[str] = []   # BINARYMIME: hosts reached that cannot take binary content
     unreachable = False
     for target in targets:
         tls = plan.for_host(target.host)
@@ -325,6 +345,11 @@ async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
             last_error, unreachable = str(exc), True
             log.info("%s: %s", target.host, exc)
             continue
+        except SmtpConversionError as exc:
+            last_error = str(exc.reply)
+            log.info("%s: %s", target.host, exc.reply)
+            unconvertible.append(target.host)
+            continue
         except SmtpError as exc:
             return _stop(outcome, remaining, exc, target)
         relayed = _relayed(result, client, rcpt_params)
@@ -334,6 +359,11 @@ async def deliver(sender: str, recipients: Sequence[str], content: bytes, *,
         return outcome
     if unsatisfied and not unreachable and not not_allowed:
         return _requiretls_failed(outcome, remaining, "; ".join(unsatisfied))
+    if unconvertible and not unreachable and not not_allowed and not unsatisfied:
+        outcome.failed.update({r: last_error for r in remaining})
+        outcome.message, outcome.code = last_error, 554
+        outcome.remote_mta = unconvertible[-1]
+        return outcome
     outcome.pending = remaining
     outcome.message = last_error
     if not_allowed:

@@ -32,7 +32,12 @@ Each attempt's outcome is applied durably:
 - permanently failed recipients, and pending ones once ``maxRetries`` retries have been
   made, are handed to ``bounce`` (an async callable that must make the bounce durable);
 - pending recipients otherwise are re-queued as a new entry with ``retry_count + 1`` and
-  ``next_attempt = now + delay_before_retry(retry_count + 1)``.
+  ``next_attempt = now + delay_before_retry(retry_count + 1)``; when the mail arrived
+  ``delayWarningTime`` ago or more, those of them whose RFC 3461 ``NOTIFY`` asks for
+  ``DELAY`` are first handed to ``delayed`` (a ``delayed`` report), once per entry: the
+  retries carry ``chainmail.delay-notified``.  As Postfix's ``delay_warning_time``, the
+  check is made when an attempt fails, so the report comes with the first failed attempt
+  after that time.
 
 The entry is removed only after all of that is durable, so a crash at any point delivers
 at least once and loses nothing (a recipient may get the mail twice).
@@ -53,6 +58,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import trio
 
 from chainmail.logctx import about_message
+from chainmail.mailet.api import ATTR_ARRIVAL
 from chainmail.mailet.context import ATTR_QUEUE_ID, queue_id_of
 from chainmail.store.holds import HoldList
 from chainmail.store.spool import DirectorySpool, Envelope, QueuedMessage
@@ -63,8 +69,9 @@ from .delivery import Outcome, deliver
 from .dns import DnsService
 from .slots import PrioritySlots
 
-__all__ = ["OutgoingQueue", "Bounce", "Delivered", "ATTR_NEXT_ATTEMPT", "ATTR_RETRY_COUNT",
-           "ATTR_LAST_ERROR", "ATTR_NAME", "ATTR_PRIORITY", "LOW_PRIORITY", "NORMAL_PRIORITY",
+__all__ = ["OutgoingQueue", "Bounce", "Delivered", "DelayNotice", "ATTR_NEXT_ATTEMPT",
+           "ATTR_RETRY_COUNT", "ATTR_LAST_ERROR", "ATTR_NAME", "ATTR_PRIORITY",
+           "ATTR_DELAY_NOTIFIED", "asks_for_delay", "LOW_PRIORITY", "NORMAL_PRIORITY",
            "destination_of", "queue_priority", "queue_id"]
 
 log = logging.getLogger("chainmail.remote.queue")
@@ -75,6 +82,8 @@ ATTR_LAST_ERROR = "last_error"
 ATTR_NAME = "name"
 #: James's attribute for the MT-PRIORITY of a mail (kept only with ``usePriority``).
 ATTR_PRIORITY = "MAIL_PRIORITY"
+#: When the ``delayed`` report of this mail was sent (epoch seconds): never a second one.
+ATTR_DELAY_NOTIFIED = "chainmail.delay-notified"
 LOW_PRIORITY, NORMAL_PRIORITY = 1, 5
 GATEWAY = "[gateway]"
 
@@ -100,8 +109,32 @@ class Delivered:
     outcome: Outcome
 
 
+@dataclass(frozen=True)
+class DelayNotice:
+    """What the delayed callback gets: the entry, its content, and the recipients still
+    pending that asked ``NOTIFY=DELAY`` (recipient -> the last error)."""
+
+    entry: QueuedMessage
+    content: bytes
+    recipients: dict[str, str]
+    outcome: Outcome
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def asks_for_delay(params: Mapping[str, Any] | None) -> bool:
+    """RFC 3461 §4.1: only an explicit ``NOTIFY`` naming ``DELAY`` asks for delay reports
+    (without NOTIFY, failures alone are reported)."""
+    notify = {str(k).upper(): v for k, v in (params or {}).items()}.get("NOTIFY")
+    return isinstance(notify, str) and "DELAY" in {w.strip().upper() for w in notify.split(",")}
+
+
+def _arrival(entry: QueuedMessage) -> float:
+    """When the mail arrived (the first entry's time for mail queued without it)."""
+    value = entry.envelope.attributes.get(ATTR_ARRIVAL)
+    return float(value) if isinstance(value, (int, float)) else entry.queued_at
 
 
 def destination_of(envelope: Envelope, config: RemoteDeliveryConfig) -> str:
@@ -155,12 +188,14 @@ class OutgoingQueue:
                  delivered: Callable[[Delivered], Awaitable[Any]] | None = None,
                  max_parallel: int = 16, per_destination: int = 4, pool: Any = None,
                  deliver_fn: Callable[..., Awaitable[Outcome]] = deliver,
-                 holds: HoldList | None = None) -> None:
+                 holds: HoldList | None = None,
+                 delayed: Callable[[DelayNotice], Awaitable[Any]] | None = None) -> None:
         self.spool = spool
         self.config = config
         self.dns = dns
         self.bounce = bounce
         self.delivered = delivered
+        self.delayed = delayed
         self.max_parallel = max(1, max_parallel)
         self.per_destination = max(1, per_destination)
         self.pool = pool
@@ -329,6 +364,23 @@ class OutgoingQueue:
             await self._apply(entry, content, count, outcome)
         return outcome
 
+    async def _notify_delay(self, entry: QueuedMessage, content: bytes, outcome: Outcome) -> bool:
+        """The ``delayed`` report of ``entry``'s pending recipients, when it is due and
+        wanted; True once it was sent (or is not owed to anyone any more)."""
+        env = entry.envelope
+        warn_after = self.config.delay_warning_ms / 1000
+        if (self.delayed is None or warn_after <= 0 or env.attributes.get(ATTR_DELAY_NOTIFIED)
+                or time.time() - _arrival(entry) < warn_after or not env.sender):
+            return False
+        params = dict(zip(env.recipients, env.rcpt_params))
+        wanted = {r: outcome.message for r in outcome.pending if asks_for_delay(params.get(r))}
+        if not wanted:
+            return False
+        await self.delayed(DelayNotice(entry, content, wanted, outcome))
+        log.info("%s: still undelivered after %.0f s; delayed report sent for %s",
+                 queue_id(entry), time.time() - _arrival(entry), ", ".join(wanted))
+        return True
+
     async def _apply(self, entry: QueuedMessage, content: bytes, count: int,
                      outcome: Outcome) -> None:
         env = entry.envelope
@@ -345,8 +397,11 @@ class OutgoingQueue:
                 rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params)}
                 attributes = dict(env.attributes)
                 attributes.setdefault(ATTR_QUEUE_ID, qid)
+                attributes.setdefault(ATTR_ARRIVAL, _arrival(entry))
                 if self.config.use_priority:
                     attributes[ATTR_PRIORITY] = LOW_PRIORITY   # retries go last (JAMES-1311)
+                if await self._notify_delay(entry, content, outcome):
+                    attributes[ATTR_DELAY_NOTIFIED] = time.time()
                 new_id = await self.enqueue(
                     env.sender, outcome.pending, content,
                     name=str(env.attributes.get(ATTR_NAME, "")),

@@ -19,12 +19,19 @@ attempt and gives a :class:`HostTls` per host:
   certificate; a failed handshake is retried once in clear text on the same address.
 
 Gateways (smart hosts) are not the recipient domain's exchangers: domain policies (DANE,
-MTA-STS) do not apply to them.  See docs/delivery.md.
+MTA-STS) do not apply to them.
+
+A message whose header section says ``TLS-Required: No`` (RFC 8689 §5: its sender prefers
+delivery to the domain's TLS requirements) gets, where DANE or MTA-STS would make TLS
+mandatory or refuse an exchanger, the operator's own settings when they require STARTTLS,
+else opportunistic TLS.  REQUIRETLS on MAIL wins over the header (RFC 8689 §4.1).  See
+docs/delivery.md.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -35,7 +42,8 @@ from .dane import DaneLookupError, SecureDns, Tlsa, match_chain
 from .dns import DnsService
 from .mtasts import MtaSts, Policy
 
-__all__ = ["HostTls", "DomainPlan", "TlsPolicy", "base_tls", "unverified_context"]
+__all__ = ["HostTls", "DomainPlan", "TlsPolicy", "base_tls", "unverified_context",
+           "tls_required_no"]
 
 log = logging.getLogger("chainmail.remote.tls")
 
@@ -89,6 +97,23 @@ class DomainPlan:
         return self.hosts.get(host.rstrip(".").lower(), self.default)
 
 
+_TLS_REQUIRED = re.compile(rb"tls-required[ \t]*:(.*)", re.I)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def tls_required_no(content: bytes) -> bool:
+    """Whether the header section of ``content`` has ``TLS-Required: No`` (RFC 8689 §5)."""
+    end = content.find(b"\r\n\r\n")
+    head = content if end < 0 else content[:end]
+    if b"tls-required" not in head.lower():
+        return False
+    for line in _FOLD.sub(b"", head).split(b"\n"):
+        m = _TLS_REQUIRED.match(line)
+        if m and m.group(1).strip(b" \t\r").lower() == b"no":
+            return True
+    return False
+
+
 def unverified_context() -> ssl.SSLContext:
     """Encryption without authentication: any certificate, any name (RFC 7435)."""
     return client_tls_context(trust_all=True)
@@ -130,8 +155,12 @@ class TlsPolicy:
     def context(self, tls: HostTls) -> ssl.SSLContext:
         return self.verifying if tls.verify else self.unverified
 
-    async def plan(self, domain: str, hosts: Sequence[str], *, require_tls: bool = False) -> DomainPlan:
-        """The TLS of each of ``hosts`` (the MX names of ``domain``, best first)."""
+    async def plan(self, domain: str, hosts: Sequence[str], *, require_tls: bool = False,
+                   tls_optional: bool = False) -> DomainPlan:
+        """The TLS of each of ``hosts`` (the MX names of ``domain``, best first).
+
+        ``tls_optional`` (``TLS-Required: No``): what DANE or MTA-STS would require or refuse
+        becomes :meth:`relaxed`."""
         if self.config.gateways:
             verified = HostTls("required", True, source=REQUIRETLS)
             return DomainPlan(default=verified if require_tls else self.base, domain=domain)
@@ -143,12 +172,28 @@ class TlsPolicy:
             tls = self._host(domain, host, dane.get(host), policy)
             if require_tls and tls.source != DANE and tls.refuse is None:
                 tls = HostTls("required", True, source=REQUIRETLS)
+            elif tls_optional and tls.source in (DANE, MTA_STS):
+                relaxed = self.relaxed()
+                log.info("TLS-Required: No: the %s policy of %s is not applied to %s; %s",
+                         tls.source, domain, host, "the operator's settings apply"
+                         if relaxed is self.base else "opportunistic TLS")
+                tls = relaxed
             plan.hosts[host] = tls
         if policy is not None and policy.mode == "enforce" and all(
                 t.refuse for t in plan.hosts.values()):
             log.warning("MTA-STS: the policy of %s (mx %s) allows none of its MX hosts %s",
                         domain, ", ".join(policy.mx), ", ".join(names))
         return plan
+
+    def relaxed(self) -> HostTls:
+        """An exchanger's TLS without the domain's policy (``TLS-Required: No``): the
+        operator's settings when they require STARTTLS or a verified certificate, else
+        opportunistic TLS (STARTTLS when offered, any certificate, clear text after a failed
+        handshake)."""
+        base = self.base
+        if base.starttls == "required" or (base.verify and base.starttls != "never"):
+            return base
+        return HostTls("opportunistic", False, clear_fallback=True, source=OPPORTUNISTIC)
 
     def _host(self, domain: str, host: str, dane: tuple[Tlsa, ...] | str | None,
               policy: Policy | None) -> HostTls:

@@ -17,11 +17,15 @@ into the mailet's side effects:
   postmaster.  Never for the null sender;
 - delivered recipients: with ``onSuccess`` a copy goes to that processor; recipients whose
   RFC 3461 ``NOTIFY=SUCCESS`` could not be passed on (the remote server lacks DSN) get a
-  ``relayed`` report.
+  ``relayed`` report;
+- recipients still being retried ``delayWarningTime`` after the mail arrived, that asked
+  ``NOTIFY=DELAY``: one ``delayed`` report (status 4.x.x, the header section attached),
+  straight to the sender, not through ``bounceProcessor`` (it is not a failure).
 
 The parameters are James's (``chainmail.remote.config``), plus chainmail's:
 ``maxConcurrentDeliveries`` (default 20), ``maxConcurrentDeliveriesPerDomain`` (default 4),
-and the TLS policy ones (``caFile``, ``mtaSts``, ``dnssec``, ``dane``:
+``chunking`` (default true: BDAT to servers offering CHUNKING), ``delayWarningTime``
+(default 4 hours, 0 for never), and the TLS policy ones (``caFile``, ``mtaSts``, ``dnssec``, ``dane``:
 :mod:`chainmail.remote.tlspolicy`).
 ``conf/dnsservice.xml`` names the DNS servers.  See docs/delivery.md.
 """
@@ -34,6 +38,7 @@ import os
 import time
 
 from chainmail.mailet.api import ATTR_ARRIVAL, ATTR_SENT_BY_MAILET, GHOST, GenericMailet, Mail
+from chainmail.mailet.dsn import status_of
 from chainmail.mailet.spoolcodec import ATTR_QUEUE_ID, mail_from_queued
 from chainmail.store.holds import HoldList
 from chainmail.remote.config import RemoteDeliveryConfig
@@ -42,7 +47,8 @@ from chainmail.remote.delivery import deliver
 from chainmail.remote.dns import DnsService, load_dnsservice
 from chainmail.remote.tlspolicy import TlsPolicy
 from chainmail.remote.queue import (
-    ATTR_LAST_ERROR, ATTR_NAME, ATTR_NEXT_ATTEMPT, ATTR_PRIORITY, Bounce, Delivered, OutgoingQueue,
+    ATTR_DELAY_NOTIFIED, ATTR_LAST_ERROR, ATTR_NAME, ATTR_NEXT_ATTEMPT, ATTR_PRIORITY, Bounce,
+    DelayNotice, Delivered, OutgoingQueue,
 )
 
 from .mailets import _check_processor
@@ -60,7 +66,7 @@ ATTR_PERMANENT_ERROR = "is-delivery-permanent-error"
 ATTR_DELIVERY_ERRORS = "chainmail.delivery-errors"
 ATTR_REMOTE_MTA = "chainmail.remote-mta"
 
-_QUEUE_ATTRIBUTES = (ATTR_NEXT_ATTEMPT, ATTR_LAST_ERROR, ATTR_NAME)
+_QUEUE_ATTRIBUTES = (ATTR_NEXT_ATTEMPT, ATTR_LAST_ERROR, ATTR_NAME, ATTR_DELAY_NOTIFIED)
 DNSSERVICE_FILE = "dnsservice.xml"
 #: ``<var>/mta-sts/<outgoing>.json``: the MTA-STS policies seen, kept across restarts
 MTA_STS_DIR = "mta-sts"
@@ -77,7 +83,7 @@ class RemoteDelivery(GenericMailet):
                   "gatewayusername", "gatewayPassword", "loadBalancing", "startTLS", "sslEnable",
                   "verifyServerIdentity", "sslTrustAllCerts", "heloName", "bind", "usePriority",
                   "debug", "maxConcurrentDeliveries", "maxConcurrentDeliveriesPerDomain",
-                  "caFile", "mtaSts", "dnssec", "dane", "mail.*")
+                  "caFile", "mtaSts", "dnssec", "dane", "chunking", "delayWarningTime", "mail.*")
 
     def configure(self, config):
         context = self.context
@@ -120,7 +126,7 @@ class RemoteDelivery(GenericMailet):
             from chainmail.store.spool import DirectorySpool
             self._queue = OutgoingQueue(
                 DirectorySpool(self.root), self.settings, self.dns, bounce=self._bounce,
-                delivered=self._delivered, max_parallel=self.max_parallel,
+                delivered=self._delivered, delayed=self._delayed, max_parallel=self.max_parallel,
                 per_destination=self.per_destination, pool=ConnectionPool(),
                 deliver_fn=functools.partial(deliver, tls_policy=self.tls_policy),
                 holds=HoldList(self.context.var_dir))
@@ -201,6 +207,17 @@ class RemoteDelivery(GenericMailet):
                 mail, f"relayed to {delivered.outcome.remote_mta}, which does not send "
                       "delivery notifications", status="2.0.0", attachment="heading",
                 action="relayed", remote_mta=delivered.outcome.remote_mta)
+
+    async def _delayed(self, notice: DelayNotice) -> None:
+        """RFC 3461 ``NOTIFY=DELAY``: tell the sender the mail is late, not lost."""
+        mail = self._mail(notice.entry, notice.content, list(notice.recipients))
+        outcome = notice.outcome
+        status = status_of(outcome.message, "4.0.0")
+        status = "4" + status[1:]
+        await self.context.bounce(
+            mail, outcome.message or "delivery is being retried", status=status,
+            attachment="heading", details=notice.recipients, remote_mta=outcome.remote_mta,
+            action="delayed")
 
     @property
     def info(self) -> str:

@@ -38,7 +38,7 @@ def test_ehlo_keywords_in_chain_order():
                        '<handler class="KeywordAnnouncer"><keyword>X-SECOND</keyword></handler>') as s:
         reply = s.ehlo("t")
     assert list(reply.lines[1:]) == ["X-FIRST", "X-SECOND", "PIPELINING", "ENHANCEDSTATUSCODES",
-                                     "8BITMIME"]
+                                     "8BITMIME", "SMTPUTF8", "CHUNKING", "BINARYMIME"]
 
 
 def test_asyncio_thread_and_trio_hooks():

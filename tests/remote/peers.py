@@ -37,6 +37,16 @@ class ClientReader:
     def expect_data(self) -> None:
         self.in_data = True
 
+    async def exactly(self, size: int) -> bytes | None:
+        """The next ``size`` octets (a BDAT chunk), or None once the client has closed."""
+        while len(self.buf) < size:
+            chunk = await self.stream.receive_some(max(65536, size - len(self.buf)))
+            if not chunk:
+                return None
+            self.buf += chunk
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
+
     async def next(self) -> tuple[str, bytes] | None:
         """``("line", command)``, ``("data", body)``, or None once the client has closed."""
         while True:
@@ -60,7 +70,9 @@ class Peer:
     """A scripted SMTP server on 127.0.0.1: ``replies`` maps a command verb to its reply.
 
     A reply may be a callable of the command line; a reply of ``None`` closes the connection
-    without answering.  With ``tls`` (a server ``SSLContext``) ``STARTTLS`` is answered
+    without answering.  ``BDAT <n> [LAST]`` (RFC 3030) reads its chunk before the reply
+    (default ``250``); the chunks of a transaction accepted through ``LAST`` are recorded as
+    one ``DATA:`` entry, like a DATA body.  With ``tls`` (a server ``SSLContext``) ``STARTTLS`` is answered
     ``220`` and the connection is wrapped; ``ehlo_tls`` is then the EHLO reply.
     """
 
@@ -72,7 +84,7 @@ class Peer:
             "MAIL": b"250 2.1.0 OK\r\n", "RCPT": b"250 2.1.5 OK\r\n",
             "DATA": b"354 go on\r\n", "RSET": b"250 OK\r\n", "QUIT": b"221 bye\r\n",
             "AUTH": b"235 2.7.0 Authentication successful\r\n",
-            "STARTTLS": b"220 2.0.0 ready\r\n",
+            "STARTTLS": b"220 2.0.0 ready\r\n", "BDAT": b"250 2.0.0 chunk OK\r\n",
             **(replies or {}),
         }
         self.stall = stall
@@ -105,6 +117,7 @@ class Peer:
     async def session(self, stream):
         await stream.send_all(self.greeting)
         reader = ClientReader(stream)
+        chunks: list[bytes] = []
         while (event := await reader.next()) is not None:
             kind, line = event
             if kind == "data":
@@ -117,6 +130,25 @@ class Peer:
             reply = self.replies.get(word, self.replies.get(verb, b"502 no\r\n"))
             if verb == "EHLO" and self.ehlo_tls and isinstance(stream, trio.SSLStream):
                 reply = self.ehlo_tls
+            if verb in ("MAIL", "RSET"):
+                chunks = []           # a new transaction: earlier chunks are discarded
+            if verb == "BDAT":
+                args = line.split()
+                chunk = await reader.exactly(int(args[1]))
+                if chunk is None:
+                    return
+                chunks.append(chunk)
+                reply = reply(line) if callable(reply) else reply
+                if reply is None:
+                    await stream.aclose()
+                    return
+                if not reply.startswith(b"2"):
+                    chunks = []
+                elif args[-1].upper() == b"LAST":
+                    self.received.append(b"DATA:" + b"".join(chunks))
+                    chunks = []
+                await stream.send_all(reply)
+                continue
             if callable(reply):
                 reply = reply(line)
             if reply is None:
