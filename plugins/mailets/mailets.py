@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from chainmail.mailet.api import ERROR, GHOST, ROOT, GenericMailet, Mail, encode_header_value
+from chainmail.protocol import xtext
 from chainmail.protocol.lineends import canonical
 
 __all__ = [
@@ -127,6 +128,7 @@ class RecipientRewriteTable(GenericMailet):
                 continue
             log.info("%s: <%s> rewritten to %s", mail.name, rcpt,
                      ", ".join(f"<{t}>" for t in targets))
+            _pass_dsn_parameters(mail, rcpt, targets)
             for target in targets:
                 keep = target == rcpt.lower() or self.context.is_local_server(_domain(target))
                 bucket = local if keep else remote
@@ -142,6 +144,23 @@ class RecipientRewriteTable(GenericMailet):
         mail.recipients = local
         if not local:
             mail.state = GHOST
+
+
+def _pass_dsn_parameters(mail, rcpt: str, targets: list[str]) -> None:
+    """RFC 3461 §6.2.7: a recipient's DSN request follows it through an alias.  To one
+    address it passes as it is; expanded to several, NOTIFY=SUCCESS is not passed on (the
+    sender asked about one recipient, not about each member), and ORCPT names the address the
+    sender gave."""
+    params = mail.rcpt_params.get(rcpt)
+    if not params:
+        return
+    passed = dict(params)
+    passed.setdefault("ORCPT", f"rfc822;{xtext.encode(rcpt)}")
+    if len(targets) > 1 and passed.get("NOTIFY"):
+        words = [w for w in str(passed["NOTIFY"]).upper().split(",") if w and w != "SUCCESS"]
+        passed["NOTIFY"] = ",".join(words) or "NEVER"
+    for target in targets:
+        mail.rcpt_params.setdefault(target, dict(passed))
 
 
 class LocalDelivery(GenericMailet):

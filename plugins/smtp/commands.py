@@ -141,7 +141,10 @@ class MailCmdHandler:
             return reply
         tx.sender = sender
         tx.has_sender = True
-        tx.mail_params = parsed.parameters
+        # Only what a handler of the chain took (James ignores the others): a parameter no
+        # handler checked, such as MT-PRIORITY without its hooks, does not travel with the mail.
+        tx.mail_params = {name: value for name, value in parsed.parameters.items()
+                          if name in chain.mail_parameters}
         return reply or ok
 
 

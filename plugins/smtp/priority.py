@@ -47,6 +47,15 @@ def _trusted(session) -> bool:
     return session.relaying_allowed or session.auth_user is not None
 
 
+def effective_priority(session, value: str | None) -> int | None:
+    """The priority the mail gets from its ``MT-PRIORITY`` value: an untrusted client's
+    positive priority is 0 (James); None when the value is not a priority."""
+    priority = parse_priority(value)
+    if priority is not None and priority > 0 and not _trusted(session):
+        return 0
+    return priority
+
+
 class SmtpMtPriorityEhloHook:
     """Announces ``MT-PRIORITY`` in the EHLO reply."""
 
@@ -80,15 +89,14 @@ class SmtpMtPriorityMessageHook:
         params = message.transaction.mail_params
         if PARAMETER not in params:
             return None
-        priority = parse_priority(params[PARAMETER])
+        priority = effective_priority(session, params[PARAMETER])
         if priority is None:
             del params[PARAMETER]
-        elif priority > 0 and not _trusted(session):
-            log.info("%s: MT-PRIORITY %d of an unauthenticated client lowered to 0",
-                     session, priority)
-            params[PARAMETER] = "0"
-        else:
-            params[PARAMETER] = str(priority)
+            return None
+        if str(priority) != params[PARAMETER].lstrip("+"):
+            log.info("%s: MT-PRIORITY %s of an unauthenticated client lowered to %d",
+                     session, params[PARAMETER], priority)
+        params[PARAMETER] = str(priority)
         return None
 
 

@@ -10,6 +10,8 @@ import time
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
+from .priority import effective_priority
+
 _INDENT = "          "
 _date_cache: list = [0, ""]
 
@@ -28,6 +30,8 @@ def _protocol(session) -> str:
         proto = "LMTP"
     else:
         proto = "ESMTP" if session.esmtp else "SMTP"
+    if "SMTPUTF8" in session.transaction.mail_params:
+        proto = "UTF8LMTP" if session.lmtp else "UTF8SMTP"   # RFC 6531 §3.7.3
     if proto != "SMTP":
         if session.tls is not None:
             proto += "S"
@@ -49,11 +53,15 @@ class ReceivedHeaderHandler:
         if session.tls is not None:
             lines.append(f"{_INDENT}(using {session.tls.protocol} with cipher {session.tls.cipher})")
         by = f"{_INDENT}by {session.hostname} (chainmail) with {_protocol(session)} ID {session.id}"
-        recipients = session.transaction.recipients
+        tx = session.transaction
+        recipients = tx.recipients
+        priority = effective_priority(session, tx.mail_params.get("MT-PRIORITY")) \
+            if "MT-PRIORITY" in tx.mail_params else None
+        end = ";" if priority is None else f" (PRIORITY {priority});"   # James
         if len(recipients) == 1:
             lines.append(by)
-            lines.append(f"{_INDENT}for <{recipients[0]}>;")
+            lines.append(f"{_INDENT}for <{recipients[0]}>{end}")
         else:
-            lines.append(by + ";")
+            lines.append(by + end)
         lines.append(_INDENT + _date())
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

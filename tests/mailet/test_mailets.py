@@ -231,3 +231,22 @@ async def test_mail_a_mailet_sends_enters_the_spool_canonical(context, stores):
     assert is_canonical(spooled)
     assert b"X-Inject: x From: <ceo@example.org>\r\n" in spooled
     assert spooled.endswith(b"\r\nouter\r\n.\r\nMAIL FROM:<e@evil.test>\r\nnul\r\n")
+
+
+async def test_dsn_requests_follow_aliases(context, stores, users):
+    """RFC 3461 §6.2.7: through a 1:1 alias NOTIFY passes as it is; to several addresses
+    NOTIFY=SUCCESS is dropped; ORCPT names the address the sender gave."""
+    rrt = stores.rrt
+    rrt.add_alias("sales@local.test", "bob@local.test")
+    rrt.add_forward("team@local.test", "carol@local.test")
+    rrt.add_forward("team@local.test", "bob@local.test")
+    params = {"sales@local.test": {"NOTIFY": "SUCCESS,FAILURE"},
+              "team@local.test": {"NOTIFY": "SUCCESS", "ORCPT": "rfc822;list@local.test"}}
+    result = await run(context, '<mailet match="All" class="RecipientRewriteTable"/>'
+                                '<mailet match="All" class="Null"/>',
+                       mail(["sales@local.test", "team@local.test"], rcpt_params=params))
+    [done] = result.finished
+    assert done.rcpt_params["bob@local.test"] == {"NOTIFY": "SUCCESS,FAILURE",
+                                                  "ORCPT": "rfc822;sales@local.test"}
+    assert done.rcpt_params["carol@local.test"] == {"NOTIFY": "NEVER",
+                                                    "ORCPT": "rfc822;list@local.test"}
