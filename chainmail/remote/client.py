@@ -11,7 +11,7 @@ between mails on the same connection, and ``QUIT``.
 What goes on ``MAIL`` and ``RCPT`` depends on what the server offers:
 
 - 8-bit content to a server without ``8BITMIME`` is made 7-bit first
-  (:mod:`chainmail.remote.sevenbit`); 8-bit headers without ``SMTPUTF8`` are downgraded;
+  (:mod:`chainmail.sevenbit`); 8-bit headers without ``SMTPUTF8`` are downgraded;
 - ``BODY=BINARYMIME`` content (RFC 3030) goes byte for byte with ``BDAT`` to a server
   offering ``BINARYMIME`` and ``CHUNKING``; to any other server only when it is made of
   lines anyway (:func:`fits_in_lines`), as any other mail; else it is not sent
@@ -57,7 +57,7 @@ import trio
 
 from ..protocol.lineends import canonical, is_canonical
 from ..protocol.replies import Reply
-from .sevenbit import ConversionError, downgrade_headers, has_8bit, split_entity, to_seven_bit
+from ..sevenbit import ConversionError, downgrade_headers, has_8bit, split_entity, to_seven_bit
 
 import idna
 

@@ -21,6 +21,7 @@ from chainmail.logctx import about_message
 from chainmail.mailet.api import Mail
 from chainmail.mailet.dsn import report_delivered, wanted_notifications
 from chainmail.message import IncomingMessage
+from chainmail.sevenbit import for_line_store
 from chainmail.store.spool import new_id
 from chainmail.protocol.replies import R
 from chainmail.verdict import Action, to_reply
@@ -171,7 +172,7 @@ class MailboxDeliverToRecipientHandler:
                 names.append(name)
         if not names:
             names = [users.username_for(address) if users is not None else address.lower()]
-        content = message.read()
+        content = for_line_store(message.read(), message.transaction.mail_params)
         from chainmail.store.mailbox import QuotaExceededError
         unique = list(dict.fromkeys(names))
         # One group with every other session's deliveries: their directory fsyncs are shared.

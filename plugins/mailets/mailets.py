@@ -10,6 +10,7 @@ from email.utils import format_datetime
 from chainmail.mailet.api import ERROR, GHOST, ROOT, GenericMailet, Mail, encode_header_value
 from chainmail.protocol import xtext
 from chainmail.protocol.lineends import canonical
+from chainmail.sevenbit import for_line_store
 
 __all__ = [
     "RecipientRewriteTable", "LocalDelivery", "ToProcessor", "ToRepository", "Null", "Bounce",
@@ -223,7 +224,8 @@ class LocalDelivery(GenericMailet):
                 targets.append((rcpt, username, folder))
         # Every recipient in one delivery group (shared with concurrent mails): fifty
         # recipients cost one sync round, not fifty.
-        content = mail.content   # shared by every item: no copy per recipient
+        # shared by every item: no copy per recipient
+        content = for_line_store(mail.content, mail.mail_params)
         items = [(username, content, f"Return-Path: <{mail.sender}>\r\nDelivered-To: {rcpt}\r\n"
                   .encode("utf-8", "surrogateescape"), folder) for rcpt, username, folder in targets]
         results = await mailboxes.adeliver_many(items, limiter=context.limiter) if items else []

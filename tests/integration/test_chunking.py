@@ -221,3 +221,28 @@ def test_lmtp_chunks_get_one_reply_per_recipient(chainmail_factory):
     for user in ("bob@local.test", "cedric@local.test"):
         [msg] = list(maildir(server, user))
         assert msg["Subject"] == "lmtp chunks"
+        # Maildir holds lines: the binary part is stored in base64, and decodes to the bytes sent
+        assert msg["Content-Transfer-Encoding"] == "base64"
+        assert msg.get_payload(decode=True) == binary
+
+
+def test_binary_8bit_part_reaches_a_maildir_whole(chainmail_factory):
+    from .test_lmtp import lmtpserver_xml, maildir, with_users
+    one = "<ioWorkerCount>1</ioWorkerCount>"
+    server = chainmail_factory(one, files={"lmtpserver.xml": lmtpserver_xml(one)})
+    server.lmtp_port = server.ports[-1]
+    with_users(server, "bob@local.test")
+    png = bytes(range(256)) + b"\r\n\n\r\0"
+    body = (b"Subject: picture\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+            b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n"
+            b"Content-Type: image/png\r\nContent-Transfer-Encoding: binary\r\n\r\n" + png
+            + b"\r\n--b--\r\n")
+    with Client(server.lmtp_port) as c:
+        replies = c.send(b"LHLO c\r\nMAIL FROM:<a@remote.example> BODY=BINARYMIME\r\n"
+                         b"RCPT TO:<bob@local.test>\r\n" + bdat(body, last=True), replies=4)
+        assert replies[3].startswith(b"250 2.6.0")
+    [msg] = list(maildir(server, "bob@local.test"))
+    text, image = msg.get_payload()
+    assert text.get_payload() == "see attached"
+    assert image["Content-Transfer-Encoding"] == "base64"
+    assert image.get_payload(decode=True) == png

@@ -9,7 +9,7 @@ import pytest
 
 from chainmail.remote.client import SmtpClient, SmtpReplyError
 from chainmail.remote.delivery import PERMANENT, SUCCESS, deliver
-from chainmail.remote.sevenbit import ConversionError, downgrade_headers, to_seven_bit
+from chainmail.sevenbit import ConversionError, downgrade_headers, to_seven_bit
 
 from .fakedns import fake_dns
 from .peers import Peer, ehlo, start_peer
@@ -222,3 +222,20 @@ def test_domains_become_a_labels_by_idna_2008():
     assert ascii_address("x@straße.de") == "x@xn--strae-oqa.de"
     assert ascii_address("x@EXAMPLE.test") == "x@EXAMPLE.test"          # ASCII: unchanged
     assert ascii_address("jürgen@example.test") is None                  # local part: no form
+
+
+def test_to_lines_encodes_binary_leaves_byte_for_byte():
+    import email
+    import email.policy
+
+    from chainmail.sevenbit import for_line_store, to_lines
+    plain = b"Subject: x\r\n\r\nonly lines\r\n"
+    assert to_lines(plain) == plain
+    blob = b"\x00\r\r\n\n\xff" * 3
+    message = b"Subject: x\r\nContent-Transfer-Encoding: binary\r\n\r\n" + blob
+    lines = to_lines(message)
+    assert lines.isascii() and b"\0" not in lines
+    parsed = email.message_from_bytes(lines, policy=email.policy.default)
+    assert parsed.get_payload(decode=True) == blob
+    assert for_line_store(message, {"BODY": "8BITMIME"}) == message
+    assert for_line_store(message, {"BODY": "binarymime"}) == lines

@@ -34,7 +34,10 @@ import binascii
 import email.message
 import re
 
-__all__ = ["ConversionError", "has_8bit", "split_entity", "to_seven_bit", "downgrade_headers"]
+from chainmail.protocol.lineends import is_canonical
+
+__all__ = ["ConversionError", "has_8bit", "split_entity", "to_seven_bit", "to_lines",
+           "for_line_store", "downgrade_headers"]
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _WORDS = re.compile(rb"([ \t]+)")
@@ -69,6 +72,30 @@ def to_seven_bit(content: bytes, *, by: str = "localhost") -> bytes:
     if not has_8bit(body):
         return content
     return _entity(header, sep, body, "text/plain", by, top=True)
+
+
+def _not_lines(data: bytes) -> bool:
+    """8-bit, or not CRLF lines: a bare CR, a bare LF or a NUL (binary content)."""
+    return has_8bit(data) or not is_canonical(data)
+
+
+def to_lines(content: bytes, *, by: str = "localhost") -> bytes:
+    """A binary message (``BODY=BINARYMIME``, RFC 3030) as a 7-bit message of CRLF lines,
+    for a store or a server that takes only lines: every leaf part whose body is 8-bit or
+    holds a bare CR, a bare LF or a NUL is re-encoded in base64, byte for byte, as
+    :func:`to_seven_bit` does for 8-bit parts; the header sections are left as they are."""
+    header, sep, body = split_entity(content)
+    if not _not_lines(body):
+        return content
+    return _entity(header, sep, body, "text/plain", by, top=True, needs=_not_lines)
+
+
+def for_line_store(content: bytes, mail_params) -> bytes:
+    """``content`` ready for a store of lines (a Maildir): :func:`to_lines` for a message
+    received with ``BODY=BINARYMIME``, anything else as it is."""
+    if str((mail_params or {}).get("BODY") or "").upper() == "BINARYMIME":
+        return to_lines(content)
+    return content
 
 
 def downgrade_headers(header: bytes) -> bytes:
@@ -166,27 +193,34 @@ def _content_type(fields: list[bytes], default: str) -> tuple[str, str | None]:
     return msg.get_content_type(), msg.get_boundary()
 
 
-def _entity(header: bytes, sep: bytes, body: bytes, default: str, by: str, *, top: bool) -> bytes:
-    """One entity (a message or a body part) with a 7-bit body."""
-    if not top:
+def _entity(header: bytes, sep: bytes, body: bytes, default: str, by: str, *, top: bool,
+            needs=has_8bit) -> bytes:
+    """One entity (a message or a body part) with a 7-bit body.  ``needs`` tells a body
+    that must be re-encoded."""
+    binary = needs is not has_8bit
+    if not top and not binary:
         header = downgrade_headers(header)
-    if not has_8bit(body):
+    if not needs(body):
         return header + sep + body
     fields = _fields(header)
     ctype, boundary = _content_type(fields, default)
     if ctype.startswith("multipart/") and boundary:
         inner = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
-        body = _multipart(body, boundary.encode("latin-1"), inner, by)
+        body = _multipart(body, boundary.encode("latin-1"), inner, by, needs)
         return _relabel_composite(fields) + sep + body
     if ctype == "message/rfc822":
         inner_header, inner_sep, inner_body = split_entity(body)
-        body = _entity(downgrade_headers(inner_header), inner_sep, inner_body, "text/plain", by,
-                       top=True)
+        if not binary:
+            inner_header = downgrade_headers(inner_header)
+        body = _entity(inner_header, inner_sep, inner_body, "text/plain", by, top=True,
+                       needs=needs)
         return _relabel_composite(fields) + sep + body
+    if binary and not is_canonical(body):
+        ctype = "application/octet-stream"   # base64 keeps every octet; QP would not
     return _leaf(fields, sep, body, ctype, by, top=top)
 
 
-def _multipart(body: bytes, boundary: bytes, default: str, by: str) -> bytes:
+def _multipart(body: bytes, boundary: bytes, default: str, by: str, needs=has_8bit) -> bytes:
     """Each part converted on its own; delimiters, preamble and epilogue kept."""
     delimiter = b"--" + boundary
     lines = body.split(b"\r\n")
@@ -200,7 +234,7 @@ def _multipart(body: bytes, boundary: bytes, default: str, by: str) -> bytes:
             continue
         if current:
             chunk = b"\r\n".join(current)
-            out.append(_part(chunk, default, by) if in_part else _sanitise(chunk))
+            out.append(_part(chunk, default, by, needs) if in_part else _sanitise(chunk))
         out.append(line)
         current, in_part = [], True
         if bare == delimiter + b"--":
@@ -209,13 +243,13 @@ def _multipart(body: bytes, boundary: bytes, default: str, by: str) -> bytes:
             return b"\r\n".join(out)
     if current:
         chunk = b"\r\n".join(current)
-        out.append(_part(chunk, default, by) if in_part else _sanitise(chunk))
+        out.append(_part(chunk, default, by, needs) if in_part else _sanitise(chunk))
     return b"\r\n".join(out)
 
 
-def _part(data: bytes, default: str, by: str) -> bytes:
+def _part(data: bytes, default: str, by: str, needs=has_8bit) -> bytes:
     header, sep, body = split_entity(data)
-    return _entity(header, sep, body, default, by, top=False)
+    return _entity(header, sep, body, default, by, top=False, needs=needs)
 
 
 def _sanitise(data: bytes) -> bytes:
