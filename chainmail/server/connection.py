@@ -33,6 +33,7 @@ from typing import Any
 
 import trio
 
+from .. import health, metrics
 from ..protocol import engine
 from ..protocol.proxy import MAX_HEADER, ProxyError, ProxyHeader, parse_proxy_header
 from ..protocol.replies import R, Reply
@@ -116,6 +117,7 @@ async def _serve_socket(ctx, sock: socket.socket, peer, local, listening: socket
 async def sweep_idle_sessions(contexts, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """End the sessions that waited for their client longer than their ``connectiontimeout``
     (checked every quarter of the shortest timeout, at most every second)."""
+    health.serving(contexts)   # the blocks in force: what health checks and scrapes look at
     timeouts = [float(ctx.config.connection_timeout or 0) for ctx in contexts]
     timeouts = [t for t in timeouts if t > 0]
     task_status.started()
@@ -144,22 +146,28 @@ async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=N
         return
     cfg = ctx.config
     implicit_tls = ctx.tls is not None and cfg.tls.socket_tls
-    if ctx.draining or not ctx.limits.admit():
-        reply = R.shutting_down(ctx.hostname) if ctx.draining else R.too_many_connections(ctx.hostname)
-        await _refuse(stream, None if implicit_tls else reply, remote)
-        return
-    ctx.load.sessions += 1
+    metrics.connection_opened()
     try:
-        await _serve_counted(ctx, stream, remote, local, implicit_tls, plain)
+        if ctx.draining or not ctx.limits.admit():
+            reply = R.shutting_down(ctx.hostname) if ctx.draining else R.too_many_connections(ctx.hostname)
+            await _refuse(stream, None if implicit_tls else reply, remote)
+            return
+        ctx.load.sessions += 1
+        try:
+            await _serve_counted(ctx, stream, remote, local, implicit_tls, plain)
+        finally:
+            ctx.limits.release()
+            ctx.load.sessions -= 1
     finally:
-        ctx.limits.release()
-        ctx.load.sessions -= 1
+        metrics.connection_closed()
 
 
 async def _refuse(stream, reply: Reply | None, remote) -> None:
     log.info("refused %s:%s: %s", remote[0], remote[1], reply or "limit reached")
+    metrics.connection_refused()
     if reply is None:
         return
+    metrics.reply(reply.code)
     with trio.move_on_after(SHUTDOWN_SEND_TIMEOUT):
         try:
             await stream.send_all(reply.encode())
@@ -184,7 +192,7 @@ async def _serve_counted(ctx, stream, remote, local, implicit_tls: bool, plain) 
                     proxied_from, remote, local = remote, header.source, header.destination
             if implicit_tls:
                 stream = TLSTransport(plain, ctx.tls.context, ctx.load, cfg.busy_poll / 1e6)
-                await stream.handshake()
+                await _handshake(stream)
                 tls_info = tls_info_of(stream.sslobj)
                 if cfg.proxy_required and not cfg.proxy_first:
                     header, leftover = await read_proxy_header_from(stream)
@@ -212,6 +220,7 @@ async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, lef
         await _refuse(stream, R.too_many_connections_from_ip(ctx.hostname), remote)
         return
     session = Session(ctx, remote, local, lmtp=ctx.lmtp)
+    metrics.session_started(ctx.lmtp)
     session.tls = tls_info
     session.proxied_from = proxied_from
     runner = SessionRunner(ctx, stream, session, plain)
@@ -223,6 +232,16 @@ async def _serve_session(ctx, stream, remote, local, tls_info, proxied_from, lef
     finally:
         ctx.sessions.discard(runner)
         limits.release_ip(ip)
+
+
+async def _handshake(tls: TLSTransport) -> None:
+    """The TLS handshake, counted (a cancelled one, by a timeout, counts as failed)."""
+    try:
+        await tls.handshake()
+    except BaseException:
+        metrics.tls_handshake(False)
+        raise
+    metrics.tls_handshake(True)
 
 
 async def read_proxy_header_exactly(sock) -> ProxyHeader:
@@ -379,6 +398,7 @@ class SessionRunner:
 
     # -- output -----------------------------------------------------------------------------
     def queue(self, reply: Reply) -> None:
+        metrics.reply(reply.code)
         data = reply.encode()
         self.out.append(data)
         self.out_size += len(data)
@@ -426,6 +446,7 @@ class SessionRunner:
         host = self.ctx.hostname
         reply = R.shutting_down(host) if self.shutdown_requested else R.idle_timeout(host)
         log.info("%s: closing: %s", self.session, reply)
+        metrics.reply(reply.code)
         with trio.move_on_after(SHUTDOWN_SEND_TIMEOUT):
             try:
                 await self.send_all(b"".join(self.out) + reply.encode())
@@ -501,24 +522,12 @@ class SessionRunner:
                 # The chunk follows at once: it is read before this command is answered.
                 self.chunk_refusal = await self._bdat(chain, event)
                 continue
-            elif type(event) is engine.EndOfChunk:
-                replies = await self._end_of_chunk(event)
-                if isinstance(replies, list):
-                    for each in replies[:-1]:
-                        self.queue(each)
-                    reply = replies[-1]
-                else:
-                    reply = replies
-                conn.send(reply)
-            elif type(event) is EndOfData:
-                replies = await self._end_of_data(event)
-                if isinstance(replies, list):
-                    # LMTP (RFC 2033): one complete reply per accepted recipient.
-                    for each in replies[:-1]:
-                        self.queue(each)
-                    reply = replies[-1]
-                else:
-                    reply = replies
+            elif type(event) is engine.EndOfChunk or type(event) is EndOfData:
+                # The message is complete (DATA's final dot, or a BDAT chunk): over LMTP one
+                # complete reply per accepted recipient (RFC 2033), the last one sent below.
+                ended = (self._end_of_chunk(event) if type(event) is engine.EndOfChunk
+                         else self._end_of_data(event))
+                reply = self._queue_all_but_last(await ended)
                 conn.send(reply)
             elif event is CLOSED:
                 return
@@ -536,6 +545,13 @@ class SessionRunner:
                 return
             if self.out_size >= FLUSH_AT:
                 await self.flush()
+
+    def _queue_all_but_last(self, replies: "Reply | list[Reply]") -> Reply:
+        if not isinstance(replies, list):
+            return replies
+        for each in replies[:-1]:
+            self.queue(each)
+        return replies[-1]
 
     def _forbidden(self, event) -> Reply:
         """A bare CR or a NUL: in a command, that command is refused; in message data, the
@@ -568,7 +584,7 @@ class SessionRunner:
         tls = TLSTransport(self.plain, self.ctx.tls.context, self.ctx.load, self.busy_poll)
         self.scope.deadline = trio.current_time() + min(self.timeout, PREAMBLE_TIMEOUT)
         try:
-            await tls.handshake()
+            await _handshake(tls)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s: TLS handshake failed: %s", session, exc.__cause__ or exc)
             return False
@@ -591,6 +607,7 @@ class SessionRunner:
                 session.line_handler = None
                 reply = await handler(session, command.line)
             else:
+                metrics.command(command.verb)
                 reply = await chain.dispatch(session, command)
         except trio.TooSlowError:
             log.error("%s: a handler of %s overran its time budget", session, command.verb)
@@ -611,6 +628,7 @@ class SessionRunner:
         """A BDAT command (RFC 3030), before its chunk is read: None when the chunk goes to
         the session's data receiver, else the reply (the chunk is then read and dropped)."""
         session = self.session
+        metrics.command("BDAT")
         try:
             reply = await chain.dispatch(session, command)
         except trio.TooSlowError:

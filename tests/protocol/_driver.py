@@ -63,13 +63,14 @@ def normalise(events: list) -> list:
     return out
 
 
-def bodies(events: list) -> list[bytes]:
-    """The message contents delivered: BodyChunks joined per EndOfData."""
+def bodies(events: list, end: type = EndOfData) -> list[bytes]:
+    """The message contents delivered: BodyChunks joined per ``end`` event (EndOfData, or
+    EndOfChunk for BDAT chunks)."""
     out, current = [], b""
     for event in events:
         if isinstance(event, BodyChunk):
             current += event.data
-        elif isinstance(event, EndOfData):
+        elif isinstance(event, end):
             out.append(current)
             current = b""
     return out

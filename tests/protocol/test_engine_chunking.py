@@ -12,7 +12,7 @@ from chainmail.protocol.engine import (
 from chainmail.protocol.lineends import ChunkLines
 from chainmail.protocol.replies import R, Reply
 
-from ._driver import feed, normalise, one_byte_chunks, split_at
+from ._driver import bodies, feed, normalise, one_byte_chunks, split_at
 
 PROPS = settings(max_examples=200, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -131,14 +131,7 @@ def test_bdat_events_whatever_the_reads(stream, data):
     cuts = data.draw(st.lists(st.integers(1, max(len(raw) - 1, 1)), max_size=10))
     assert normalise(feed(split_at(raw, cuts), eof=True, chunking=True)) == whole
     assert [e.line for e in whole if isinstance(e, Command)] == commands
-    got, current = [], b""
-    for event in whole:
-        if isinstance(event, BodyChunk):
-            current += event.data
-        elif isinstance(event, EndOfChunk):
-            got.append(current)
-            current = b""
-    assert got == chunks
+    assert bodies(whole, EndOfChunk) == chunks
 
 
 # -- ChunkLines: DATA's line rules across chunk boundaries ----------------------------------
