@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 
+from .admin import AdminError, Stores, accounts, domains
 from .config import load_config
 from .config.errors import ConfigError
 
@@ -87,145 +87,60 @@ def run(args: argparse.Namespace, conf: str, var: str) -> int:
     except ConfigError as err:
         _err(f"configuration error: {err}")
         return BAD
-    stores = _Stores(config, var)
-    stores.conf = conf
+    stores = Stores(config, conf, var)
     try:
         if args.command == "user":
             return _user(args, stores)
         return _alias(args, stores)
+    except AdminError as exc:
+        _err(str(exc))
+        return exc.exit_status
+    except ConfigError as err:
+        _err(f"configuration error: {err}")
+        return BAD
     finally:
         stores.close()
-
-
-# -- stores -----------------------------------------------------------------------------
-
-
-class _Stores:
-    """The domain, user and rewrite-table stores of ``<var>/chainmail.db``, opened on demand."""
-
-    def __init__(self, config, var: str) -> None:
-        self._config = config
-        self._db = os.path.join(var, "chainmail.db")
-        self._domains = self._users = self._rrt = None
-        self.conf = "conf"
-
-    @property
-    def domains(self):
-        if self._domains is None:
-            from .store.domains import DomainStore
-            store = DomainStore(self._db, default_domain=self._config.domainlist.default_domain)
-            try:
-                store.seed(self._config.domainlist.domains)
-            except BaseException:
-                store.close()
-                raise
-            self._domains = store
-        return self._domains
-
-    @property
-    def users(self):
-        if self._users is None:
-            from .store.users import UsersRepository
-            self._users = UsersRepository(self._db, domains=self.domains)
-        return self._users
-
-    @property
-    def rrt(self):
-        if self._rrt is None:
-            from .store.rrt import RecipientRewriteTable
-            self._rrt = RecipientRewriteTable(self._db)
-        return self._rrt
-
-    def close(self) -> None:
-        for store in (self._rrt, self._users, self._domains):
-            if store is not None:
-                store.close()
 
 
 # -- user -------------------------------------------------------------------------------
 
 
-def _user(args, stores: _Stores) -> int:
-    from .store.users import UserExistsError, normalize_username
-
-    users = stores.users
+def _user(args, stores: Stores) -> int:
     if args.action == "list":
-        for name in users.list():
+        for name in accounts.list_users(stores):
             print(name)
         return OK
     if args.action == "remove":
+        left = accounts.remove_user(stores, args.username)
         name = args.username.strip().lower()
-        if not users.remove(name):
-            _err(f"no user {name}")
-            return NOOP
         print(f"removed user {name}")
-        left = [m for m in stores.rrt.list() if m.kind != "domain" and m.target == name]
         if left:
             _err(f"note: still mapped to {name}: "
                  + ", ".join(f"{m.kind} {m.source}" for m in left))
         return OK
 
     # add / passwd: check everything that can be checked before asking for the password.
-    try:
-        name = normalize_username(args.username)
-    except ValueError as exc:
-        _err(str(exc))
-        return BAD
     if args.action == "add":
-        domain = name.rpartition("@")[2]
-        if not stores.domains.contains(domain):
-            _err(f"cannot add user {name}: {domain} is not a local domain "
-                 f"(add it to domainlist.xml or with: chainmail domain add {domain})")
-            return BAD
-        if users.contains(name):
-            _err(f"user {name} already exists")
-            return NOOP
-        aliased_to = _alias_target(stores.rrt, name)
-        if aliased_to is not None:
-            _err(f"cannot add user {name}: it is an alias of {aliased_to} "
-                 f"(remove it first: chainmail alias remove {name} {aliased_to})")
-            return BAD
-    elif not users.contains(name):
-        _err(f"no user {name}")
-        return NOOP
-
+        name = accounts.check_new_user(stores, args.username)
+    else:
+        name = accounts.check_existing_user(stores, args.username)
     from .store.users import load_password_policy
-    try:
-        policy = load_password_policy(stores.conf)
-    except ConfigError as err:
-        _err(f"configuration error: {err}")
-        return BAD
+    load_password_policy(stores.conf)   # a broken policy file is reported before the prompt
     password = _read_password(args, name)
     if password is None:
         return BAD
     try:
-        policy.check(password)
-    except ValueError as exc:
+        accounts.check_password(stores, password)
+    except AdminError as exc:
         _err(f"{exc}; nothing changed")
         return BAD
-    try:
-        if args.action == "add":
-            users.add(name, password)
-            print(f"added user {name}")
-            return OK
-        if not users.set_password(name, password):
-            _err(f"no user {name}")
-            return NOOP
-        print(f"changed password of {name}")
+    if args.action == "add":
+        accounts.add_user(stores, name, password)
+        print(f"added user {name}")
         return OK
-    except UserExistsError as exc:
-        _err(str(exc))
-        return NOOP
-    except ValueError as exc:
-        _err(str(exc))
-        return BAD
-
-
-def _alias_target(rrt, address: str) -> str | None:
-    for m in rrt.list():
-        if m.kind == "alias" and m.source == address:
-            return m.target
-    return None
+    accounts.set_password(stores, name, password)
+    print(f"changed password of {name}")
+    return OK
 
 
 def _read_password(args, name: str) -> str | None:
@@ -258,22 +173,19 @@ def _read_password(args, name: str) -> str | None:
 
 # -- alias ------------------------------------------------------------------------------
 
-_KIND_NAMES = {"alias": "alias", "forward": "forward", "domain": "domain alias"}
 
-
-def _alias(args, stores: _Stores) -> int:
+def _alias(args, stores: Stores) -> int:
     from .store.rrt import RewriteLoopError
 
-    rrt = stores.rrt
     if args.action == "list":
-        mappings = rrt.list()
+        mappings = accounts.mappings(stores)
         width = max((len(m.source) for m in mappings), default=0)
         for m in mappings:
             print(f"{m.kind:<8} {m.source:<{width}}  {m.target}")
         return OK
     if args.action == "resolve":
         try:
-            recipients = rrt.resolve(args.address)
+            recipients = stores.rrt.resolve(args.address)
         except RewriteLoopError as exc:
             _err(str(exc))
             return BAD
@@ -285,34 +197,13 @@ def _alias(args, stores: _Stores) -> int:
     return _alias_remove(args, stores)
 
 
-def _alias_add(args, stores: _Stores) -> int:
-    from .store.rrt import normalize_address
-
-    rrt, kind = stores.rrt, args.kind
-    what = _KIND_NAMES[kind]
-    try:
-        if kind == "domain":
-            from .store.domains import normalize_domain
-            source, target = normalize_domain(args.source), normalize_domain(args.target)
-            if not stores.domains.contains(target):
-                _err(f"cannot add domain alias {source} -> {target}: {target} is not a local domain")
-                return BAD
-            changed = rrt.add_domain_alias(source, target)
-        else:
-            source = normalize_address(args.source, f"{what} source")
-            target = normalize_address(args.target, f"{what} target")
-            domain = source.rpartition("@")[2]
-            if not stores.domains.contains(domain) and not _is_alias_domain(rrt, domain):
-                _err(f"cannot add {what} {source}: {domain} is not a local domain")
-                return BAD
-            if kind == "alias" and stores.users.contains(source):
-                _err(f"cannot add alias {source}: it is a user (an alias is another name for a user)")
-                return BAD
-            add = rrt.add_alias if kind == "alias" else rrt.add_forward
-            changed = add(source, target)
-    except ValueError as exc:
-        _err(str(exc))
-        return BAD
+def _alias_add(args, stores: Stores) -> int:
+    kind = args.kind
+    what = accounts.KIND_NAMES[kind]
+    if kind == "domain":
+        source, target, changed = domains.add_domain_alias(stores, args.source, args.target)
+    else:
+        source, target, changed = accounts.add_mapping(stores, kind, args.source, args.target)
     if not changed:
         _err(f"{what} {source} -> {target} already exists")
         return NOOP
@@ -323,48 +214,20 @@ def _alias_add(args, stores: _Stores) -> int:
     return OK
 
 
-def _alias_remove(args, stores: _Stores) -> int:
-    rrt, kind = stores.rrt, args.kind
-    what = _KIND_NAMES[kind]
-    source = args.source.strip().lower()
+def _alias_remove(args, stores: Stores) -> int:
+    kind = args.kind
+    what = accounts.KIND_NAMES[kind]
     if kind == "domain":
-        current = {m.source: m.target for m in rrt.list() if m.kind == "domain"}
-        from .store.domains import normalize_domain
-        try:
-            source = normalize_domain(args.source)
-        except ValueError as exc:
-            _err(str(exc))
-            return BAD
-        expected = current.get(source)
-        if expected is None or (args.target is not None and not _same_domain(args.target, expected)):
-            _err(f"no domain alias {source}" + (f" -> {args.target.lower()}" if args.target else ""))
-            return NOOP
-        rrt.remove_domain_alias(source)
+        source, expected = domains.remove_domain_alias(stores, args.source, args.target)
         print(f"removed domain alias {source} -> {expected}")
         return OK
     if args.target is None:
         _err(f"alias remove: give the target of the {what} to remove "
              f"(chainmail alias list shows them)")
         return BAD
-    target = args.target.strip().lower()
-    remove = rrt.remove_alias if kind == "alias" else rrt.remove_forward
-    if not remove(source, target):
-        _err(f"no {what} {source} -> {target}")
-        return NOOP
+    source, target = accounts.remove_mapping(stores, kind, args.source, args.target)
     print(f"removed {what} {source} -> {target}")
     return OK
-
-
-def _is_alias_domain(rrt, domain: str) -> bool:
-    return any(m.kind == "domain" and m.source == domain for m in rrt.list())
-
-
-def _same_domain(given: str, stored: str) -> bool:
-    from .store.domains import normalize_domain
-    try:
-        return normalize_domain(given) == stored
-    except ValueError:
-        return False
 
 
 def _err(message: str) -> None:

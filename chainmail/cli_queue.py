@@ -20,19 +20,14 @@ within a second (``chainmail.store.holds``).  Exit status: 0 done, 1 an id was n
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 
+from .admin import AdminError, queues
 from .durations import format_age
 
 __all__ = ["add_subcommands", "run", "format_age"]
-
-
-def _spool(var: str):
-    from .store.spool import DirectorySpool
-    return DirectorySpool(os.path.join(var, "spool"))
 
 
 def add_subcommands(sub, common) -> None:
@@ -64,41 +59,15 @@ def run(var: str, args) -> int:
     if action in ("show", "hold", "release"):
         from . import cli_queue_show
         return getattr(cli_queue_show, action)(var, args.id)
-    from .remote.control import normalise_domain
     try:
-        domain = normalise_domain(getattr(args, "domain", None))
-    except ValueError as exc:
+        domain = queues.normalised_domain(getattr(args, "domain", None))
+        names = queues.outgoing_names(var, getattr(args, "queue_name", None))
+    except AdminError as exc:
         print(f"chainmail: {exc}", file=sys.stderr)
-        return 2
-    names = _queue_names(var, getattr(args, "queue_name", None))
-    if names is None:
-        return 2
+        return exc.exit_status
     if action == "flush":
         return _queue_flush(var, names, domain)
     return _queue_list(var, names, domain, spool=getattr(args, "queue_name", None) is None)
-
-
-def _queue_names(var: str, name: str | None) -> list[str] | None:
-    """The outgoing queues a command acts on; None (after saying why) for an unknown name."""
-    from .remote.control import OUTGOING_DIR, outgoing_queue_names
-    names = outgoing_queue_names(var)
-    if name is None or name in names:
-        return names if name is None else [name]
-    known = f" (there are: {', '.join(names)})" if names else ""
-    print(f"chainmail: no outgoing queue {name!r} in {os.path.join(var, OUTGOING_DIR)}{known}",
-          file=sys.stderr)
-    return None
-
-
-def _outgoing(var: str, name: str):
-    from .remote.control import outgoing_root
-    from .store.spool import DirectorySpool
-    return DirectorySpool(outgoing_root(var, name))
-
-
-def _queue_wanted(entry, domain: str | None) -> bool:
-    from .remote.control import recipient_domains
-    return domain is None or domain in recipient_domains(entry.envelope)
 
 
 def _queue_list(var: str, names: list[str], domain: str | None, *, spool: bool) -> int:
@@ -117,9 +86,9 @@ def _queue_list(var: str, names: list[str], domain: str | None, *, spool: bool) 
 
 def _queue_list_outgoing(var: str, name: str, domain: str | None, now: float) -> None:
     from .remote.control import pending_flush_requests
-    queue = _outgoing(var, name)
+    queue = queues.open_outgoing(var, name)
     flushes = pending_flush_requests(queue.root)
-    entries = [e for e in queue.list() if _queue_wanted(e, domain)]
+    entries = queues.entries(queue, domain)
     print(f"outgoing queue {name} ({queue.root})")
     print(f"{'ID':<33} {'AGE':>8} {'NEXT':>8} {'TRIES':>5}  SENDER -> RECIPIENTS  (LAST ERROR)")
     held = _held(var)
@@ -147,17 +116,8 @@ def _held(var: str):
     return lambda entry: "  [held]" if holds.is_held(_qid(entry)) else ""
 
 
-def _qid(entry) -> str:
-    """The queue id the listings show (the operator's handle for show/hold/remove)."""
-    from .mailet.context import queue_id_of
-    return queue_id_of(entry.envelope, entry.id)
-
-
-def _arrival(entry) -> float:
-    """When the mail arrived: a retry or a re-spooled mail is a newer entry of an older mail."""
-    from .mailet.api import ATTR_ARRIVAL
-    arrival = entry.envelope.attributes.get(ATTR_ARRIVAL)
-    return float(arrival) if isinstance(arrival, (int, float)) else entry.queued_at
+_qid = queues.qid
+_arrival = queues.arrival
 
 
 def _queue_addresses(env) -> str:
@@ -165,8 +125,7 @@ def _queue_addresses(env) -> str:
 
 
 def _queue_list_spool(var: str, domain: str | None, now: float) -> None:
-    spool = _spool(var)
-    messages = [m for m in spool.list() if _queue_wanted(m, domain)]
+    messages = queues.entries(queues.open_spool(var), domain)
     held = _held(var)
     print(f"{'ID':<32} {'AGE':>8} {'SIZE':>10} {'STATE':<16} {'TRIES':>5}  SENDER -> RECIPIENTS")
     for m in messages:
@@ -181,14 +140,11 @@ def _queue_list_spool(var: str, domain: str | None, now: float) -> None:
 def _queue_flush(var: str, names: list[str], domain: str | None) -> int:
     """One request per queue: the running server picks it up within a second, a stopped one
     at its next start."""
-    from .remote.control import OUTGOING_DIR, request_flush
+    from .remote.control import OUTGOING_DIR
     if not names:
         print(f"no outgoing queue in {os.path.join(var, OUTGOING_DIR)}: nothing to flush")
         return 0
-    for name in names:
-        queue = _outgoing(var, name)
-        request = request_flush(queue.root, domain)
-        covered = sum(1 for e in queue.list() if request.matches(e))
+    for name, covered in queues.flush(var, names, domain):
         print(f"outgoing queue {name}: flush requested for {covered} message(s)"
               + (f" to {domain}" if domain else ""))
     return 0
@@ -197,36 +153,11 @@ def _queue_flush(var: str, names: list[str], domain: str | None) -> int:
 def _queue_remove(var: str, ids: list[str]) -> int:
     """Each id is looked for in the spool, then in every outgoing queue.  The spool is safe to
     share with a running server; a message it is delivering at this moment may still go out."""
-    from .remote.control import outgoing_queue_names
-    queues = [("the spool", _spool(var))]
-    queues += [(f"outgoing queue {n}", _outgoing(var, n)) for n in outgoing_queue_names(var)]
-    missing = []
-    for msg_id in dict.fromkeys(ids):
-        removed = _queue_remove_one(queues, msg_id)
-        if removed is None:
-            missing.append(msg_id)
-        else:
-            print(f"removed {msg_id} from {removed[0]}: {_queue_addresses(removed[1].envelope)}")
+    removed, missing = queues.remove_ids(var, ids)
+    for msg_id, where, entry in removed:
+        where = "the spool" if where == "spool" else where
+        print(f"removed {msg_id} from {where}: {_queue_addresses(entry.envelope)}")
     if missing:
         print(f"chainmail: not queued: {', '.join(missing)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _queue_remove_one(queues, msg_id: str):
-    """(where, entry) of the removed message, or None if no queue holds it.  A queue id
-    removes every entry of that message (its retries, the copies made of it)."""
-    removed = None
-    for where, spool in queues:
-        with contextlib.suppress(KeyError, ValueError):
-            entry = spool.get(msg_id)
-            spool.remove(msg_id)
-            return where, entry
-        for entry in spool.list():
-            if _qid(entry) == msg_id or _qid(entry).startswith(msg_id + "-"):
-                try:
-                    spool.remove(entry.id)
-                except KeyError:
-                    continue
-                removed = where, entry
-    return removed

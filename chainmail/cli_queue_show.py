@@ -8,35 +8,20 @@ spool and in every outgoing queue.  Holds are files under ``<var>/held``
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
+from .admin import AdminError, queues
 from .durations import format_age
 
 __all__ = ["show", "hold", "release", "find"]
 
 
-def _queues(var: str) -> Iterator[tuple[str, Any]]:
-    from .remote.control import outgoing_queue_names, outgoing_root
-    from .store.spool import DirectorySpool
-    yield "spool", DirectorySpool(os.path.join(var, "spool"))
-    for name in outgoing_queue_names(var):
-        yield f"outgoing queue {name}", DirectorySpool(outgoing_root(var, name))
-
-
-def _matches(entry, queue_id: str) -> bool:
-    from .mailet.context import queue_id_of
-    qid = queue_id_of(entry.envelope, entry.id)
-    return entry.id == queue_id or qid == queue_id or qid.startswith(queue_id + "-")
-
-
 def find(var: str, queue_id: str) -> list[tuple[str, Any, Any]]:
     """(where, spool, entry) of every entry of the message ``queue_id``."""
-    return [(where, spool, entry) for where, spool in _queues(var)
-            for entry in spool.list() if _matches(entry, queue_id)]
+    return queues.find(var, queue_id)
 
 
 def _when(epoch: float, now: float) -> str:
@@ -110,31 +95,13 @@ def show(var: str, queue_id: str) -> int:
     return 0
 
 
-def _hold_key(var: str, queue_id: str) -> str | None:
-    """The queue id to hold for ``queue_id`` (an entry id gives its message's queue id)."""
-    from .mailet.context import queue_id_of
-    from .store.holds import valid_queue_id
-    found = find(var, queue_id)
-    if not found:
-        return None
-    qids = {queue_id_of(e.envelope, e.id) for _, _, e in found}
-    if queue_id in qids or not valid_queue_id(queue_id) or len(qids) != 1:
-        return queue_id
-    return qids.pop()
-
-
 def hold(var: str, queue_id: str) -> int:
-    from .store.holds import HoldList, valid_queue_id
-    if not valid_queue_id(queue_id):
-        print(f"chainmail: {queue_id!r} is not a queue id", file=sys.stderr)
-        return 2
-    key = _hold_key(var, queue_id)
-    if key is None:
-        print(f"chainmail: {queue_id} is not queued (neither in the spool nor in an outgoing "
-              "queue)", file=sys.stderr)
-        return 1
-    where = sorted({w for w, _, _ in find(var, key)})
-    if not HoldList(var).hold(key):
+    try:
+        key, where, newly = queues.hold(var, queue_id)
+    except AdminError as exc:
+        print(f"chainmail: {exc}", file=sys.stderr)
+        return exc.exit_status
+    if not newly:
         print(f"{key} is already held ({', '.join(where)})")
         return 0
     print(f"held {key} ({', '.join(where)}): not processed nor delivered until "
@@ -143,14 +110,10 @@ def hold(var: str, queue_id: str) -> int:
 
 
 def release(var: str, queue_id: str) -> int:
-    from .store.holds import HoldList, valid_queue_id
-    if not valid_queue_id(queue_id):
-        print(f"chainmail: {queue_id!r} is not a queue id", file=sys.stderr)
-        return 2
-    holds = HoldList(var)
-    for key in dict.fromkeys(k for k in (queue_id, queue_id[:33], _hold_key(var, queue_id)) if k):
-        if holds.release(key):
-            print(f"released {key}: it goes on within a second")
-            return 0
-    print(f"chainmail: {queue_id} is not held", file=sys.stderr)
-    return 1
+    try:
+        key = queues.release(var, queue_id)
+    except AdminError as exc:
+        print(f"chainmail: {exc}", file=sys.stderr)
+        return exc.exit_status
+    print(f"released {key}: it goes on within a second")
+    return 0

@@ -1,0 +1,66 @@
+"""The domain, user and rewrite-table stores of ``<var>/chainmail.db``, opened on demand.
+
+One object serves a command-line invocation or the whole life of WebAdmin; the stores are
+thread-safe and see other processes' changes within their refresh interval."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["Stores"]
+
+
+class Stores:
+    """``config`` is the loaded configuration; with ``seed`` its domain list is added to
+    the domain store as at start (``chainmail domain`` shows the store as it is)."""
+
+    def __init__(self, config: Any, conf: str, var: str, *, seed: bool = True) -> None:
+        self.config = config
+        self.seed = seed
+        self.conf = conf
+        self.var = var
+        self.db = os.path.join(var, "chainmail.db")
+        self._domains: Any = None
+        self._users: Any = None
+        self._rrt: Any = None
+
+    @property
+    def domains(self) -> Any:
+        if self._domains is None:
+            from ..store.domains import DomainStore
+            store = DomainStore(self.db, default_domain=self.config.domainlist.default_domain)
+            if self.seed:
+                try:
+                    store.seed(self.config.domainlist.domains)
+                except BaseException:
+                    store.close()
+                    raise
+            self._domains = store
+        return self._domains
+
+    @property
+    def users(self) -> Any:
+        if self._users is None:
+            from ..store.users import UsersRepository
+            self._users = UsersRepository(self.db, domains=self.domains)
+        return self._users
+
+    @property
+    def rrt(self) -> Any:
+        if self._rrt is None:
+            from ..store.rrt import RecipientRewriteTable
+            self._rrt = RecipientRewriteTable(self.db)
+        return self._rrt
+
+    def close(self) -> None:
+        for store in (self._rrt, self._users, self._domains):
+            if store is not None:
+                store.close()
+        self._domains = self._users = self._rrt = None
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

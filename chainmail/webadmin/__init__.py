@@ -1,0 +1,1 @@
+"""WebAdmin: James's REST administration API (``conf/webadmin.properties``)."""
