@@ -43,6 +43,8 @@ def check_config(conf: str, var: str, *, strict: bool = False, out: TextIO | Non
           file=out)
     for line in _describe_dns(conf, errors, warnings):
         print(line, file=out)
+    for line in _describe_webadmin(conf, var, config, errors):
+        print(line, file=out)
     for server in (*config.smtp_servers, *config.lmtp_servers):
         print(file=out)
         print(f"[{server.kind}server {server.name}] ({server.file}:{server.line})", file=out)
@@ -95,6 +97,21 @@ def _describe_dns(conf: str, errors: list[ConfigError], warnings: list[ConfigWar
             f"  maxcachesize = {dns.max_cache_size}",
             f"  singleIPperMX = {str(dns.single_ip_per_mx).lower()}",
             f"  timeout = {dns.timeout:g} seconds"]
+
+
+def _describe_webadmin(conf: str, var: str, config, errors: list[ConfigError]) -> list[str]:
+    """``webadmin.properties`` read as ``chainmail run`` reads it (keystore opened)."""
+    from .webadmin.service import webadmin_services
+    try:
+        services = webadmin_services(conf, var, config)
+    except ConfigError as exc:
+        errors.append(exc)
+        return ["webadmin: not usable, see the errors"]
+    if not services:
+        return ["webadmin: off (webadmin.properties: enabled=true turns it on)"]
+    cfg = services[0].config
+    return [f"webadmin: {'https' if cfg.https else 'http'}://{cfg.host}:{cfg.port} "
+            f"jwt={str(cfg.jwt).lower()}"]
 
 
 def _open_tls(server, errors: list[ConfigError]) -> None:

@@ -241,3 +241,14 @@ def test_three_errors_of_one_block_and_a_bad_mailet_value_at_their_own_lines(tmp
     assert run.returncode != 0
     assert expected[0] in run.stderr and expected[1] in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_webadmin_properties_are_checked(tmp_path):
+    conf = conf_dir(tmp_path, extra={"webadmin.properties": "enabled=true\nport=80x\nhost=127.0.0.1\n"})
+    result = check(tmp_path, conf)
+    assert result.returncode == 1
+    assert "webadmin.properties:2" in result.stderr and "port" in result.stderr
+    (tmp_path / "ok").mkdir()
+    conf = conf_dir(tmp_path / "ok", extra={"webadmin.properties": "enabled=true\nport=8000\n"})
+    result = check(tmp_path / "ok", conf)
+    assert "webadmin: http://127.0.0.1:8000 jwt=false" in result.stdout, result.stdout + result.stderr
