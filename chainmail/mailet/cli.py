@@ -172,42 +172,16 @@ def _show(repo, key: str | None) -> int:
     return 0
 
 
-#: James's attribute counting how often a mail was reprocessed from a repository
-REPROCESSING = "mailRepository-reprocessing"
-
-
 def _reprocess(repo, keys: list[str], state: str, var: str) -> int:
-    import trio
-
-    from chainmail.store.spool import DirectorySpool
-
-    from .context import MailetContext
-
-    spool = DirectorySpool(os.path.join(var, "spool"))
-    context = MailetContext(spool=spool)
+    """The mails back into the spool at ``state`` (``chainmail.admin``, as WebAdmin does)."""
+    from chainmail.admin.repositories import reprocess
     failures = 0
-
-    async def main() -> None:
-        nonlocal failures
-        for key in keys:
-            try:
-                mail = repo.retrieve(key)
-            except (KeyError, ValueError) as exc:
-                print(f"chainmail: {key}: {exc}", file=sys.stderr)
-                failures += 1
-                continue
-            mail.state = state
-            mail.error_count = 0
-            mail.hops = 0
-            # James's ReprocessingService counts reprocessings in this attribute; its sample
-            # error processor does not bounce a reprocessed mail a second time.
-            tries = mail.attributes.get(REPROCESSING)
-            mail.attributes[REPROCESSING] = (tries if isinstance(tries, int) else 0) + 1
-            msg_id = await context.commit(mail)
-            repo.remove(key)
-            print(f"{key} -> spool {msg_id} (state {state})")
-
-    trio.run(main)
+    for key, outcome, detail in reprocess(var, repo, keys, state):
+        if outcome == "spooled":
+            print(f"{key} -> spool {detail} (state {state})")
+        else:
+            print(f"chainmail: {key}: {detail}", file=sys.stderr)
+            failures += 1
     return 1 if failures else 0
 
 
