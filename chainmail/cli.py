@@ -235,12 +235,9 @@ def _load(conf: str):
     return config
 
 
-def _domains(var: str, config):
-    from .store.domains import DomainStore
+def _domains(backend, var: str, config):
     os.makedirs(var, exist_ok=True)
-    store = DomainStore(os.path.join(var, "chainmail.db"),
-                        default_domain=config.domainlist.default_domain)
-    return store
+    return backend.domains(default_domain=config.domainlist.default_domain)
 
 
 def _spool(var: str, **kwargs):
@@ -269,35 +266,119 @@ def _run(conf: str, var: str, grace_period: float, *, var_given: bool = True) ->
     if missing is not None:
         print(f"chainmail: {missing}", file=sys.stderr)
         return 2
+    from . import metrics   # one scrape sums every process of this run (docs/webadmin.md)
+    metrics.enable_multiprocess(os.path.join(var, "run", "metrics"))
     _recover_spool(var)
     count = workers.worker_count(servers)
     if count == 1:
         return _serve(conf, var, config, grace_period)
     try:
-        bound, holders = workers.bind_addresses(servers)
+        bound, held, _, _ = workers.rebind(servers, {})
     except OSError as exc:
         print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    _announce(servers, bound)
+    from .server.limits import SharedTable
+    run = os.path.join(var, "run")
+    os.makedirs(run, mode=0o700, exist_ok=True)
+    for name in os.listdir(run):   # what an earlier run planned is not this run's
+        if name.startswith(("connections.", "reload.json")):
+            os.unlink(os.path.join(run, name))
+    limits_path = os.path.join(run, "connections")
+    SharedTable(limits_path, len(servers), count, create=True).close()
+    state = _Supervised(config=config, servers=servers, bound=bound, held=held, count=count,
+                        slots=[(limits_path, i, len(servers)) for i in range(len(servers))],
+                        tables=[(limits_path, len(servers))])
+    log.info("starting %d worker processes (ioWorkerCount)", count)
+    try:
+        return workers.supervise(
+            count,
+            # a worker started after a reload (a replacement) starts on the configuration in force
+            lambda index, ready_fd: _serve_worker(conf, var, state.config, grace_period,
+                                                  worker=index, ready_fd=ready_fd,
+                                                  bound=state.bound, limits=(state.slots, count),
+                                                  generation=state.generation),
+            on_worker_exit=lambda index: _clear_worker(state.tables, count, index),
+            on_reload=lambda: _reload_supervised(conf, var, state))
+    finally:
+        for entries in state.held.values():
+            for _, _, sock in entries:
+                sock.close()
+
+
+class _Supervised:
+    """What the supervisor keeps of the configuration in force, for reloads and for the
+    workers it starts: addresses held, connection-count slots per block (path, index,
+    blocks of that table) and every table made so far."""
+
+    def __init__(self, *, config, servers: list, bound: list, held: dict, count: int,
+                 slots: list, tables: list) -> None:
+        self.config, self.servers, self.bound, self.held = config, servers, bound, held
+        self.count, self.slots, self.tables = count, slots, tables
+        self.generation = 0
+
+
+def _announce(servers, bound) -> None:
     for address in bound:
         cfg = servers[address.block]
         host, port = address.sockaddr[:2]
         log.info("%sserver %r listening on %s", cfg.kind, cfg.name,
                  f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+def _reload_supervised(conf: str, var: str, state: _Supervised) -> None:
+    """The supervisor's side of SIGHUP: check the configuration on disk completely (built
+    in a forked child), bind its new addresses and plan it for the workers; on any error
+    log it and keep everything (the workers then re-read their keystores only)."""
+    from .server import reload, workers
     from .server.limits import SharedTable
-    os.makedirs(os.path.join(var, "run"), mode=0o700, exist_ok=True)
-    limits_path = os.path.join(var, "run", "connections")
-    SharedTable(limits_path, len(servers), count, create=True).close()
-    log.info("starting %d worker processes (ioWorkerCount)", count)
+
+    def refuse(why) -> None:
+        log.error("configuration reload refused, the configuration in force is kept: %s", why)
+    digest = reload.config_digest(conf)
     try:
-        return workers.supervise(
-            count,
-            lambda index, ready_fd: _serve_worker(conf, var, config, grace_period, worker=index,
-                                                  ready_fd=ready_fd, bound=bound,
-                                                  limits=(limits_path, count)),
-            on_worker_exit=lambda index: _clear_worker(limits_path, len(servers), count, index))
-    finally:
-        for sock in holders:
-            sock.close()
+        config = _load(conf)
+    except ConfigError as err:
+        return refuse(err)
+    servers = [s for s in (*config.smtp_servers, *config.lmtp_servers) if s.enabled]
+    if not servers:
+        return refuse(f"no enabled server in {conf}")
+    missing = _missing_keystore(servers, conf)
+    if missing is not None:
+        return refuse(missing)
+    if workers.worker_count(servers) != state.count:
+        log.warning("ioWorkerCount: the number of worker processes (%d) changes at the next "
+                    "start", state.count)
+
+    def check() -> None:
+        gen = _generation(conf, var, config, _spool(var), worker=None, bound=None, limits=None,
+                          tables={}, number=state.generation + 1)
+        gen.close()
+    why = reload.check_in_child(check)
+    if why is not None:
+        return refuse(why)
+    try:
+        bound, held, fresh, dropped = workers.rebind(servers, state.held)
+    except OSError as exc:
+        return refuse(exc.strerror or exc)
+    generation = state.generation + 1
+    old_slots = {(s.kind, s.name): slot for s, slot in zip(state.servers, state.slots)}
+    new_blocks = [i for i, s in enumerate(servers) if (s.kind, s.name) not in old_slots]
+    path = os.path.join(var, "run", f"connections.{generation}")
+    if new_blocks:
+        SharedTable(path, len(new_blocks), state.count, create=True).close()
+        state.tables.append((path, len(new_blocks)))
+    slots = [old_slots.get((s.kind, s.name)) or (path, new_blocks.index(i), len(new_blocks))
+             for i, s in enumerate(servers)]
+    reload.write_plan(var, reload.Plan(generation, digest, bound, slots))
+    _announce(servers, [a for a in bound if any(
+        a.sockaddr == sockaddr for key in fresh for _, sockaddr, _ in held[key])])
+    state.config, state.servers, state.bound, state.held = config, servers, bound, held
+    state.slots, state.generation = slots, generation
+    for sock in dropped:   # the workers close their own sockets on these as they switch
+        sock.close()
+    log.info("configuration checked (generation %d): the workers switch to it", generation)
+    return None
 
 
 def _serve_worker(*args, worker: int, **kwargs) -> int:
@@ -329,83 +410,162 @@ def _recover_spool(var: str) -> None:
         log.info("removed %d incomplete message(s) left in the spool by an interrupted run", removed)
 
 
-def _clear_worker(path: str, blocks: int, count: int, index: int) -> None:
+def _clear_worker(tables: list, count: int, index: int) -> None:
+    """A worker died: forget its connections in every table (one per reload that added
+    blocks)."""
     from .server.limits import clear_worker
-    clear_worker(path, blocks, count, index)
+    for path, blocks in tables:
+        clear_worker(path, blocks, count, index)
 
 
 def _serve(conf: str, var: str, config, grace_period: float, *, worker: int | None = None,
-           ready_fd: int | None = None, bound=None, limits=None) -> int:
-    """Build the stores, servers and container of one process and serve until stopped.
+           ready_fd: int | None = None, bound=None, limits=None, generation: int = 0) -> int:
+    """Build the stores, servers and container of one process and serve until stopped;
+    SIGHUP builds them again from the files and switches (:mod:`chainmail.server.reload`).
     ``worker`` is the worker's index when several worker processes serve the blocks."""
     import trio
 
     from .server.app import run_servers
-    domains = _domains(var, config)
-    domains.seed(config.domainlist.domains)
-    from .store.rrt import RecipientRewriteTable
-    from .store.users import UsersRepository
-    db = os.path.join(var, "chainmail.db")
-    users = UsersRepository(db, domains=domains)
-    rrt = RecipientRewriteTable(db)
+    from .server.reload import Reloader
     spool = _spool(var)
     spool.shared = worker is not None   # other workers take messages too: claims check again
+    tables: dict = {}   # the shared connection tables, by path, for the life of the process
     try:
-        contexts = _contexts(config, domains, spool, users, rrt)
-        container = _container(conf, var, config, spool, domains, users, rrt)
-        if container is None:
-            _require_container(contexts, conf)
+        webadmin = _webadmin(conf, var, config) if worker in (None, 0) else []
+        first = _generation(conf, var, config, spool, worker=worker, bound=bound, limits=limits,
+                            tables=tables, number=generation)
     except ConfigError as err:
         print(f"chainmail: configuration error: {err}", file=sys.stderr)
+        for table in tables.values():
+            table.close()
         return 2
-    if container is not None:
-        mailboxes = container.mailboxes
-        if worker in (None, 0):
-            _warn_postmaster_without_mailbox(container.context, conf)
-    else:
-        from .store.mailbox import MaildirStore
-        mailboxes = MaildirStore(os.path.join(var, "mail"), db)
-    table = None
-    if limits is not None:
-        from .server.limits import SharedLimits, SharedTable
-        table = SharedTable(limits[0], len(contexts), limits[1])
-    for block, ctx in enumerate(contexts):
-        ctx.mailboxes = mailboxes  # LMTP delivers into these directly
-        ctx.mailet_engine = container.engine if container is not None else None
-        c = ctx.config
-        if table is not None:
-            assert worker is not None   # shared limits exist only in worker processes
-            ctx.limits = SharedLimits(table, block, worker, c.connection_limit,
-                                      c.connection_limit_per_ip)
-        if worker in (None, 0):
-            log.info("%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
-                     "maxExecutorCount %s", c.kind, c.name, ctx.hostname, c.io_worker_count,
-                     c.boss_worker_count, c.max_executor_count)
-    services = container.services if container is not None and worker in (None, 0) else ()
+    for activate in first.activate:
+        activate()
+    reloader = Reloader(first, rebuild=lambda previous: _regeneration(
+        conf, var, spool, previous, worker=worker, limits=limits, tables=tables))
+    container = first.container
+    # Services for the life of the process (the container's are the generation's own).
+    services: list = [*webadmin]
 
     def ready() -> None:
         if ready_fd is not None:
             os.write(ready_fd, b"r")
             os.close(ready_fd)
     try:
-        trio.run(lambda: run_servers(contexts, grace_period=grace_period, spool=spool,
+        trio.run(lambda: run_servers(first.contexts, grace_period=grace_period, spool=spool,
                                      spooler=container.spooler if container else None,
                                      services=services, bound=bound, worker=worker,
-                                     on_ready=ready))
+                                     on_ready=ready, reloader=reloader))
     except OSError as exc:
         print(f"chainmail: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        if container is not None:
-            container.close()
-        else:
-            mailboxes.close()
-        users.close()
-        rrt.close()
-        domains.close()
-        if table is not None:
+        reloader.close_all()
+        for table in tables.values():
             table.close()
     return 0
+
+
+def _webadmin(conf: str, var: str, config) -> list:
+    """WebAdmin (``conf/webadmin.properties``), for the first worker or the only process."""
+    from .webadmin.service import webadmin_services
+    return webadmin_services(conf, var, config)
+
+
+def _generation(conf: str, var: str, config, spool, *, worker: int | None, bound, limits,
+                tables: dict, number: int = 0, previous=None):
+    """Everything one configuration needs in one process, built completely (a
+    ``ConfigError`` otherwise, with nothing left open): stores, server contexts with their
+    handler chains, the mailet container.  Seeding the domain list and the start-up lines
+    wait until it is put in force (``activate``)."""
+    from .server.reload import Generation, plan_listeners
+    from .store.backends import open_backend
+    gen = Generation(number, [])
+    try:
+        backend = open_backend(conf, var)   # SQLite in var/, or conf/postgres.properties
+        domains = _domains(backend, var, config)
+        gen.closers.append(domains.close)
+        db = os.path.join(var, "chainmail.db")
+        users = backend.users(domains=domains)
+        gen.closers.append(users.close)
+        rrt = backend.rrt()
+        gen.closers.append(rrt.close)
+        contexts = _contexts(config, domains, spool, users, rrt)
+        container = _container(conf, var, config, spool, domains, users, rrt)
+        if container is None:
+            _require_container(contexts, conf)
+            from .store.mailbox import MaildirStore
+            mailboxes = MaildirStore(os.path.join(var, "mail"), db)
+            gen.closers.append(mailboxes.close)
+        else:
+            mailboxes = container.mailboxes
+            gen.closers.append(container.close)
+        _block_limits(contexts, worker, limits, tables, previous)
+    except BaseException:
+        gen.close()
+        raise
+    gen.contexts, gen.container = contexts, container
+    gen.services = list(container.services) if container is not None and worker in (None, 0) \
+        else []
+    gen.listeners = plan_listeners(contexts, bound)
+    gen.activate.append(lambda: domains.seed(config.domainlist.domains))
+    for ctx in contexts:
+        ctx.mailboxes = mailboxes  # LMTP delivers into these directly
+        ctx.mailet_engine = container.engine if container is not None else None
+    if worker in (None, 0):
+        if container is not None:
+            gen.activate.append(lambda: _warn_postmaster_without_mailbox(container.context, conf))
+        for ctx in contexts:
+            c, hostname = ctx.config, ctx.hostname
+            gen.activate.append(lambda c=c, hostname=hostname: log.info(
+                "%sserver %r: helloName %s, ioWorkerCount %s, bossWorkerCount %s, "
+                "maxExecutorCount %s", c.kind, c.name, hostname, c.io_worker_count,
+                c.boss_worker_count, c.max_executor_count))
+    return gen
+
+
+def _block_limits(contexts, worker: int | None, limits, tables: dict, previous) -> None:
+    """Connection counts: in worker processes, the shared table slot the supervisor gave
+    each block; in one process, a block of the configuration in force with the same kind
+    and name keeps counting its open connections."""
+    if limits is not None:
+        from .server.limits import SharedLimits, SharedTable
+        assert worker is not None   # shared limits exist only in worker processes
+        slots, count = limits
+        for ctx, (path, index, blocks) in zip(contexts, slots):
+            table = tables.get(path)
+            if table is None:
+                table = tables[path] = SharedTable(path, blocks, count)
+            c = ctx.config
+            ctx.limits = SharedLimits(table, index, worker, c.connection_limit,
+                                      c.connection_limit_per_ip)
+        return
+    if previous is None:
+        return
+    old = {(ctx.config.kind, ctx.config.name): ctx.limits for ctx in previous.contexts}
+    for ctx in contexts:
+        kept = old.get((ctx.config.kind, ctx.config.name))
+        if kept is not None:
+            kept.total, kept.per_ip = ctx.config.connection_limit, ctx.config.connection_limit_per_ip
+            ctx.limits = kept
+
+
+def _regeneration(conf: str, var: str, spool, previous, *, worker: int | None, limits,
+                  tables: dict):
+    """The next generation from the files on disk; in a worker, as the supervisor planned
+    it (None when it planned nothing new: its check refused the files)."""
+    from .server import reload
+    if worker is None:
+        return _generation(conf, var, _load(conf), spool, worker=None, bound=None, limits=None,
+                           tables=tables, number=previous.number + 1, previous=previous)
+    plan = reload.read_plan(var)
+    if plan is None or plan.generation <= previous.number:
+        return None
+    if plan.digest != reload.config_digest(conf):
+        raise reload.ReloadRefused("the configuration files changed after the supervisor "
+                                   "checked them; send SIGHUP again")
+    return _generation(conf, var, _load(conf), spool, worker=worker, bound=plan.bound,
+                       limits=(plan.slots, limits[1]), tables=tables, number=plan.generation)
 
 
 def _warn_postmaster_without_mailbox(context, conf: str) -> None:
@@ -492,70 +652,25 @@ def _keystore(conf: str) -> int:
 
 
 def _domain(conf: str, var: str, args) -> int:
-    config = _load(conf)
-    store = _domains(var, config)
+    """``chainmail domain add|remove|list`` (:mod:`chainmail.admin.domains`)."""
+    from .admin import AdminError, Stores
+    from .admin import domains as admin_domains
+    stores = Stores(_load(conf), conf, var, seed=False)
     try:
         if args.action == "list":
-            for name in store.list():
+            for name in admin_domains.list_domains(stores):
                 print(name)
             return 0
-        if args.action == "remove":
-            refused = _domain_remove_refused(config, var, store, args.name, args.force)
-            if refused is not None:
-                print(f"chainmail: {refused}", file=sys.stderr)
-                return 2
-        try:
-            changed = store.add(args.name) if args.action == "add" else store.remove(args.name)
-        except ValueError as exc:
-            print(f"chainmail: {exc}", file=sys.stderr)
-            return 2
-        if not changed:
-            state = "already present" if args.action == "add" else "not present"
-            print(f"chainmail: domain {args.name} {state}", file=sys.stderr)
-            return 1
+        if args.action == "add":
+            if not admin_domains.add_domain(stores, args.name):
+                print(f"chainmail: domain {args.name} already present", file=sys.stderr)
+                return 1
+        else:
+            admin_domains.remove_domain(stores, args.name, force=args.force)
         print(f"{'added' if args.action == 'add' else 'removed'} {args.name.lower()}")
         return 0
+    except AdminError as exc:
+        print(f"chainmail: {exc}", file=sys.stderr)
+        return exc.exit_status
     finally:
-        store.close()
-
-
-def _domain_remove_refused(config, var: str, store, name: str, force: bool) -> str | None:
-    """Why ``domain remove name`` must not happen, or None.  A domain of domainlist.xml
-    comes back at every start; one that users or mappings use would send their mail out
-    (``--force`` removes it anyway)."""
-    from .store.domains import normalize_domain
-    from .store.rrt import RecipientRewriteTable
-    from .store.users import UsersRepository
-    try:
-        domain = normalize_domain(name)
-    except ValueError:
-        return None   # store.remove() says it is not present
-    dl = config.domainlist
-    where = dl.file or "domainlist.xml"
-    if domain == normalize_domain(dl.default_domain):
-        return (f"cannot remove {domain}: it is the defaultDomain of {where}; change it there "
-                "(it is added back at every start)")
-    if dl.contains(domain):
-        return (f"cannot remove {domain}: it comes from {where} (a <domainname>, or this "
-                "host's name with <autodetect>), so it is added back at every start; "
-                "remove it there")
-    if force or not store.contains(domain):
-        return None
-    db = os.path.join(var, "chainmail.db")
-    with UsersRepository(db) as users:
-        uses = [f"user {u}" for u in users.list() if u.rpartition("@")[2] == domain]
-    rrt = RecipientRewriteTable(db)
-    try:
-        for m in rrt.list():
-            if m.kind == "domain" and domain in (m.source, m.target):
-                uses.append(f"domain alias {m.source} -> {m.target}")
-            elif m.kind != "domain" and domain in (m.source.rpartition("@")[2],
-                                                    m.target.rpartition("@")[2]):
-                uses.append(f"{m.kind} {m.source} -> {m.target}")
-    finally:
-        rrt.close()
-    if not uses:
-        return None
-    shown = ", ".join(uses[:10]) + (f" and {len(uses) - 10} more" if len(uses) > 10 else "")
-    return (f"cannot remove {domain}: still used by {shown}; remove them first, or give "
-            "--force (their mail would then be relayed elsewhere or refused)")
+        stores.close()

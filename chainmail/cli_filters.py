@@ -101,12 +101,12 @@ def run(args: argparse.Namespace, conf: str, var: str) -> int:
 
 def _known_user(conf: str, db: str, user: str) -> bool:
     from .config import load_config
-    from .store.domains import DomainStore
-    from .store.users import UsersRepository
+    from .store.backends import open_backend
     config = load_config(conf)
-    domains = DomainStore(db, default_domain=config.domainlist.default_domain)
+    backend = open_backend(conf, os.path.dirname(db))
+    domains = backend.domains(default_domain=config.domainlist.default_domain)
     try:
-        users = UsersRepository(db, domains=domains)
+        users = backend.users(domains=domains)
         try:
             return users.contains(users.username_for(user))
         finally:

@@ -78,8 +78,8 @@ def run(args: argparse.Namespace, conf: str, var: str) -> int:
         return BAD
     db = os.path.join(var, "chainmail.db")
     username = args.username.strip().lower()
-    from .store.users import UsersRepository
-    users = UsersRepository(db, refresh_interval=0)
+    from .store.backends import open_backend
+    users = open_backend(conf, var).users(refresh_interval=0)
     try:
         known = users.contains(username)
     finally:

@@ -1,4 +1,5 @@
-"""The domain, user and rewrite-table stores of ``<var>/chainmail.db``, opened on demand.
+"""The domain, user and rewrite-table stores (``<var>/chainmail.db``, or the database of
+``conf/postgres.properties``: :mod:`chainmail.store.backends`), opened on demand.
 
 One object serves a command-line invocation or the whole life of WebAdmin; the stores are
 thread-safe and see other processes' changes within their refresh interval."""
@@ -21,15 +22,23 @@ class Stores:
         self.conf = conf
         self.var = var
         self.db = os.path.join(var, "chainmail.db")
+        self._backend: Any = None
         self._domains: Any = None
         self._users: Any = None
         self._rrt: Any = None
 
     @property
+    def backend(self) -> Any:
+        """Where the stores live (``ConfigError`` for a bad ``postgres.properties``)."""
+        if self._backend is None:
+            from ..store.backends import open_backend
+            self._backend = open_backend(self.conf, self.var)
+        return self._backend
+
+    @property
     def domains(self) -> Any:
         if self._domains is None:
-            from ..store.domains import DomainStore
-            store = DomainStore(self.db, default_domain=self.config.domainlist.default_domain)
+            store = self.backend.domains(default_domain=self.config.domainlist.default_domain)
             if self.seed:
                 try:
                     store.seed(self.config.domainlist.domains)
@@ -42,15 +51,13 @@ class Stores:
     @property
     def users(self) -> Any:
         if self._users is None:
-            from ..store.users import UsersRepository
-            self._users = UsersRepository(self.db, domains=self.domains)
+            self._users = self.backend.users(domains=self.domains)
         return self._users
 
     @property
     def rrt(self) -> Any:
         if self._rrt is None:
-            from ..store.rrt import RecipientRewriteTable
-            self._rrt = RecipientRewriteTable(self.db)
+            self._rrt = self.backend.rrt()
         return self._rrt
 
     def close(self) -> None:

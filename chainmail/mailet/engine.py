@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint
 from typing import Any, Callable, Mapping
 
-from .. import plugin_loader
+from .. import metrics, plugin_loader
 from ..config.errors import ConfigError, ConfigWarning
 from ..plugin_loader import SYNC, THREAD, TRIO
 from .api import ERROR, GHOST, Mail, MailetConfig, MailetContext, MatcherConfig
@@ -307,6 +308,7 @@ class MailetEngine:
                 mail.recipients = [r for r in mail.recipients if r not in matched]
                 queue.append((mail, i))  # the rest goes on with the next pair
                 mail = target
+            started = time.perf_counter()
             try:
                 await _call(pair.service_kind, pair.mailet.service, mail, self.context)
             except Exception as exc:
@@ -327,6 +329,8 @@ class MailetEngine:
                     mail.error_message = (f"mailet {pair.name} in processor {state} failed: "
                                           f"{type(exc).__name__}: {exc}")
                     mail.state = action
+            finally:
+                metrics.mailet_time(state, pair.name, time.perf_counter() - started)
             if mail.state == GHOST or not mail.recipients:
                 await self._finish(mail, result)
                 return

@@ -27,6 +27,11 @@ state) with ``error_count + 1`` and the error message, not to be retried before 
 delay; after ``max_attempts`` (5, as James) failed attempts it is stored in the error
 repository with the reason instead.
 
+A configuration reload hands the spooler a new engine (:meth:`MailSpooler.use`): each mail
+runs on the engine that was current when a worker took it, to its end, and the next mail
+taken runs on the new one; :meth:`MailSpooler.running_on` tells when an old engine has no
+mail left, so that it can be destroyed.
+
 Every log line about a mail names its queue id (the id of the 250 reply, kept through
 re-spooling) and is written inside :func:`chainmail.logctx.about_message`.  A mail whose
 queue id is held (``chainmail queue hold``, :class:`chainmail.store.holds.HoldList`) stays
@@ -84,10 +89,29 @@ class MailSpooler:
         self._next_scan = -math.inf   # trio.current_time() of the next full listing
         self._stopping = False
         self._stopped = trio.Event()
+        self._running: dict[int, int] = {}   # id(engine) -> mails being processed on it
         context.on_spooled = self.notify
         listeners = getattr(spool, "commit_listeners", None)
         if listeners is not None:
             listeners.append(self.notify)
+
+    def use(self, engine: MailetEngine, context: MailetContext, *,
+            error_repository: str | None = None, threads: int | None = None) -> None:
+        """Process the mail taken from now on with ``engine`` and ``context`` (a reloaded
+        configuration); mail being processed finishes on the engine it started on.  The
+        number of workers is set at start: a new ``threads`` applies at the next start."""
+        self.engine, self.context = engine, context
+        if error_repository is not None:
+            self.error_repository = error_repository
+        if threads is not None and threads != self.threads:
+            log.warning("mailet container threads %d -> %d: the number of spool workers "
+                        "changes at the next start", self.threads, threads)
+        context.on_spooled = self.notify
+        self.notify()   # what waited for the old engine (nothing should) is looked at again
+
+    def running_on(self, engine: MailetEngine) -> int:
+        """How many mails are being processed on ``engine``."""
+        return self._running.get(id(engine), 0)
 
     # -- spool access: blocking calls go to a worker thread; async ones are awaited
 
@@ -260,11 +284,20 @@ class MailSpooler:
             self.broken.add(msg_id)
             return False
         queue_id = queue_id_of(queued.envelope, msg_id)
-        with about_message(queue_id):
-            return await self._process_queued(msg_id, queue_id, queued, small)
+        engine, context = self.engine, self.context   # this mail's, to its end
+        key = id(engine)
+        self._running[key] = self._running.get(key, 0) + 1
+        try:
+            with about_message(queue_id):
+                return await self._process_queued(msg_id, queue_id, queued, small, engine,
+                                                  context)
+        finally:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
 
     async def _process_queued(self, msg_id: str, queue_id: str, queued: Any,
-                              small: Any) -> bool:
+                              small: Any, engine: MailetEngine, context: MailetContext) -> bool:
         if self.holds.is_held(queue_id):
             if msg_id not in self._held_seen:
                 self._held_seen.add(msg_id)
@@ -280,19 +313,19 @@ class MailSpooler:
             return False
         try:
             content = small[1] if small is not None else \
-                await self.context.run_blocking(self._read_body, msg_id)
+                await context.run_blocking(self._read_body, msg_id)
         except KeyError:
             return False
         mail = mail_from_queued(queued, content)
         start = time.monotonic()
         try:
-            result = await self.engine.service(mail)
+            result = await engine.service(mail)
             with trio.CancelScope(shield=True):
                 for out in result.outputs:
-                    await self.context.commit(out)
+                    await context.commit(out)
                 await self._remove(msg_id, durable=False)
         except Exception as exc:
-            await self._failed(queued, content, exc)
+            await self._failed(queued, content, exc, context)
             return True
         self.processed += 1
         log.info("%s: processed from <%s> to %d recipient(s) in %.1f ms: %s", queue_id,
@@ -300,7 +333,9 @@ class MailSpooler:
                  (time.monotonic() - start) * 1000, _summary(result, len(result.outputs)))
         return True
 
-    async def _failed(self, queued: Any, content: bytes, exc: BaseException) -> None:
+    async def _failed(self, queued: Any, content: bytes, exc: BaseException,
+                      context: MailetContext | None = None) -> None:
+        context = context or self.context
         msg_id = queued.id
         reason = f"{type(exc).__name__}: {exc}"
         mail = mail_from_queued(queued, content)   # the original recipients and state
@@ -313,15 +348,15 @@ class MailSpooler:
                     mail.error_message = (f"processing failed {mail.error_count} times; "
                                           f"last error: {reason}")
                     mail.state = ERROR
-                    repo = self.context.repository(self.error_repository)
-                    key = await self.context.run_blocking(repo.store, mail)
+                    repo = context.repository(self.error_repository)
+                    key = await context.run_blocking(repo.store, mail)
                     await self._remove(msg_id)
                     log.error("%s: %s; stored in %s as %s", queue_id, mail.error_message,
                               repo.url, key)
                     return
                 delay = self.retry_delay * (2 ** (mail.error_count - 1))
                 retry_at = time.time() + delay
-                new_id = await self.context.commit(mail, extra={ATTR_RETRY_AT: retry_at})
+                new_id = await context.commit(mail, extra={ATTR_RETRY_AT: retry_at})
                 self.deferred[new_id] = retry_at
                 await self._remove(msg_id)
                 log.warning("%s: %s; re-spooled (spool entry %s), retry in %.0f s", queue_id,

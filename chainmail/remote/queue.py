@@ -57,6 +57,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import trio
 
+from chainmail import health, metrics
 from chainmail.logctx import about_message
 from chainmail.mailet.api import ATTR_ARRIVAL
 from chainmail.mailet.context import ATTR_QUEUE_ID, queue_id_of
@@ -305,6 +306,7 @@ class OutgoingQueue:
         once after :meth:`wake`).  Attempts run in the background: a slow server never
         delays the others."""
         self._wake = trio.Event()
+        health.track_queue(self.config.outgoing, self)   # its size and age: health, metrics
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -321,6 +323,7 @@ class OutgoingQueue:
                     with trio.move_on_after(poll_interval):
                         await self._wake.wait()
         finally:
+            health.untrack_queue(self.config.outgoing, self)
             if self.pool is not None:
                 with trio.move_on_after(2) as scope:
                     scope.shield = True
@@ -391,8 +394,10 @@ class OutgoingQueue:
             return
         failed = dict(outcome.failed)
         too_many = False
+        deferred = 0
         if outcome.pending:
             if count < self.config.max_retries:
+                deferred = len(outcome.pending)
                 delay = self.config.delays.delay_before_retry(count + 1) / 1000
                 rcpt_params = {r: p for r, p in zip(env.recipients, env.rcpt_params)}
                 attributes = dict(env.attributes)
@@ -416,8 +421,10 @@ class OutgoingQueue:
                 reason = (f"Too many retries failure. Bouncing after {count} retries. "
                           f"{outcome.message}")
                 failed.update({r: reason for r in outcome.pending})
+        metrics.delivery_attempt(len(outcome.delivered), deferred, len(failed))
         if failed:
             await self.bounce(Bounce(entry, content, failed, outcome, too_many))
+            metrics.bounce()
             log.info("%s: failed for %s: %s", qid, ", ".join(failed),
                      "; ".join(sorted(set(failed.values()))))
         if outcome.delivered:

@@ -42,7 +42,7 @@ from ..verdict import Action, to_reply
 from .busypoll import poll_readable
 from .tlsio import TLSTransport
 
-__all__ = ["serve_connection", "serve_listener", "sweep_idle_sessions", "SessionRunner"]
+__all__ = ["serve_connection", "sweep_idle_sessions", "SessionRunner"]
 
 log = logging.getLogger("chainmail.session")
 
@@ -63,55 +63,6 @@ def _address(sockaddr) -> tuple[str, int]:
 #: accept() failures that mean "out of resources for now": wait and accept again
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_DELAY = 0.1
-
-
-async def serve_listener(ctx, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-    """Accept connections forever, each served in a task of ``nursery``.
-
-    Like ``trio.serve_listeners``, but keeps the peer address accept() returns (no
-    getpeername) and closes each socket synchronously when its session ends (no forced
-    ``aclose`` in a cancelled scope): about 8% of the CPU of a short session.  The listening
-    socket is taken over from the trio listener as a plain socket (``detach``), so that
-    accept() is tried before waiting and each connection keeps its plain socket."""
-    sock = socket.socket(fileno=listener.socket.detach())
-    sock.setblocking(False)
-    local = None
-    name = sock.getsockname()
-    if name[0] not in ("0.0.0.0", "::"):
-        local = _address(name)   # bound to one address: every connection's local address
-    try:
-        while True:
-            try:
-                conn, peer = sock.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept failed: %s; retrying in %.1f s", exc, ACCEPT_RETRY_DELAY)
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            nursery.start_soon(_serve_socket, ctx, conn, peer, local, sock)
-    finally:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
-
-
-async def _serve_socket(ctx, sock: socket.socket, peer, local, listening: socket.socket) -> None:
-    try:
-        try:
-            # non-blocking, TCP_NODELAY (replies are small); sock stays the plain socket
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        except OSError:
-            return                             # reset before we got to it
-        await serve_connection(ctx, stream, peer=peer, local=local, plain=sock)
-    finally:
-        sock.close()
-        busy_poll = ctx.config.busy_poll
-        if busy_poll and not ctx.load.sessions and not ctx.draining:
-            # The last session ended: its client, or another, often connects again at once.
-            poll_readable(listening, busy_poll / 1e6)
 
 
 async def sweep_idle_sessions(contexts, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -47,6 +47,9 @@ class ServerContext:
     plain integers in one process (all its connections share one trio loop), a shared
     table when several worker processes serve the block (``limits.py``).
 
+    A reload (:mod:`.reload`) never changes a context in place: it builds new ones for new
+    connections, and a session keeps the context it was accepted with to its end.
+
     ``domains`` and ``spool`` are ``None`` only where no session is ever served
     (``check-config`` builds a context just to compile and show the chain).
     """
@@ -70,6 +73,9 @@ class ServerContext:
         self.load = ProcessLoad()   # shared by every context of a process (run_servers)
         self.sessions: set[SessionRunner] = set()   # the open connections
         self.draining = False
+        # Connections accepted for this context and not yet closed: after a reload, the
+        # configuration this context belongs to is closed only once it is back to 0.
+        self.connections = 0
         self.bound: list[tuple[str, int]] = []
         self._dns: DnsService | None = None
 

@@ -15,8 +15,12 @@ per-message claim (``store/spool/claims.py``); the Maildirs and SQLite stores, w
 several processes.  Container services (RemoteDelivery's scheduler) run in worker 0 only:
 they read their queue, which any worker's mailets write, every second.
 
-The supervisor forwards SIGTERM/SIGINT (every worker drains, then it exits 0) and SIGHUP
-(every worker reloads its TLS material).  A worker that dies otherwise (a crash, ``kill
+The supervisor forwards SIGTERM/SIGINT (every worker drains, then it exits 0) and SIGHUP.
+On SIGHUP it first checks the configuration on disk (``on_reload``: built completely in a
+forked child, new addresses bound with :func:`rebind`, the plan written for the workers,
+:mod:`.reload`); then every worker switches to it in place, or, when it was refused,
+re-reads its TLS material only.  A worker started later (a replacement) starts on the
+configuration in force.  A worker that dies otherwise (a crash, ``kill
 -9``) loses only its own sessions: what it had acknowledged is in the spool, which the
 others go on processing; the supervisor clears its connection counts and starts a
 replacement.  Workers die with the supervisor (``PR_SET_PDEATHSIG``).
@@ -32,9 +36,9 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
-__all__ = ["BoundAddress", "bind_addresses", "worker_count", "supervise", "listen_on"]
+__all__ = ["BoundAddress", "bind_addresses", "rebind", "worker_count", "supervise", "listen_on"]
 
 log = logging.getLogger("chainmail.server")
 
@@ -83,40 +87,82 @@ def _probe(family: int, sockaddr: tuple) -> tuple:
         probe.close()
 
 
+def bind_key(cfg, bind) -> Hashable:
+    """Which listening socket a ``<bind>`` is: its address, or for port 0 (a port the
+    kernel picks) the block and host, so that a reload keeps the port it got."""
+    host = None if bind.host in ("", "*") else bind.host
+    if bind.port == 0:
+        return ("any", cfg.kind, cfg.name, host)
+    return ("port", host, bind.port)
+
+
+def _bind_one(cfg, bind) -> list[tuple[int, tuple, socket.socket]]:
+    """Bind (without listening) one ``<bind>`` as trio's ``open_tcp_listeners`` would:
+    (family, address with its port, socket) for each address it resolves to."""
+    held: list[tuple[int, tuple, socket.socket]] = []
+    host = None if bind.host in ("", "*") else bind.host
+    try:
+        infos = socket.getaddrinfo(host, bind.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, _, _, _, sockaddr in dict.fromkeys(
+                (i[0], i[1], i[2], i[3], i[4]) for i in infos):
+            # First without SO_REUSEPORT: a port another server (another chainmail too)
+            # listens on is refused, not silently shared.
+            sockaddr = _probe(family, sockaddr)
+            sock = _reuse_socket(family)
+            try:
+                sock.bind(sockaddr)
+            except BaseException:
+                sock.close()
+                raise
+            held.append((family, sock.getsockname(), sock))
+    except OSError as exc:
+        for _, _, sock in held:
+            sock.close()
+        raise OSError(exc.errno, f"{cfg.file}:{cfg.line}: {cfg.kind}server {cfg.name!r}: "
+                                 f"cannot bind {bind.host}:{bind.port}: {exc.strerror}") from exc
+    except BaseException:
+        for _, _, sock in held:
+            sock.close()
+        raise
+    return held
+
+
 def bind_addresses(servers: Sequence) -> tuple[list[BoundAddress], list[socket.socket]]:
     """Bind (without listening) every address of every block, as trio's
     ``open_tcp_listeners`` would; returns the addresses and the sockets holding them."""
+    bound, held, _, _ = rebind(servers, {})
+    return bound, [sock for entries in held.values() for _, _, sock in entries]
+
+
+def rebind(servers: Sequence, held: dict) -> tuple[list[BoundAddress], dict, list, list]:
+    """The addresses of ``servers``, keeping those ``held`` already holds (by
+    :func:`.reload.bind_key`: a kept port-0 bind keeps its port) and binding the others.
+    Returns the addresses, what is held now, the keys bound anew, and the sockets no longer
+    needed (the caller closes them once the workers have let go).  On an error nothing
+    new stays bound and ``held`` is untouched."""
     bound: list[BoundAddress] = []
-    holders: list[socket.socket] = []
+    now: dict = {}
+    fresh: list = []
     try:
         for index, cfg in enumerate(servers):
             for bind in cfg.bind:
-                host = None if bind.host in ("", "*") else bind.host
-                infos = socket.getaddrinfo(host, bind.port, type=socket.SOCK_STREAM,
-                                           flags=socket.AI_PASSIVE)
-                for family, _, _, _, sockaddr in dict.fromkeys(
-                        (i[0], i[1], i[2], i[3], i[4]) for i in infos):
-                    try:
-                        # First without SO_REUSEPORT: a port another server (another
-                        # chainmail too) listens on is refused, not silently shared.
-                        sockaddr = _probe(family, sockaddr)
-                        sock = _reuse_socket(family)
-                        try:
-                            sock.bind(sockaddr)
-                        except BaseException:
-                            sock.close()
-                            raise
-                    except OSError as exc:
-                        raise OSError(exc.errno, f"{cfg.file}:{cfg.line}: {cfg.kind}server "
-                                                 f"{cfg.name!r}: cannot bind {bind.host}:{bind.port}: "
-                                                 f"{exc.strerror}") from exc
-                    holders.append(sock)
-                    bound.append(BoundAddress(index, family, sock.getsockname()))
+                key = bind_key(cfg, bind)
+                if key not in now:
+                    if key in held:
+                        now[key] = held[key]
+                    else:
+                        now[key] = _bind_one(cfg, bind)
+                        fresh.append(key)
+                bound.extend(BoundAddress(index, family, sockaddr)
+                             for family, sockaddr, _ in now[key])
     except BaseException:
-        for sock in holders:
-            sock.close()
+        for key in fresh:
+            for _, _, sock in now[key]:
+                sock.close()
         raise
-    return bound, holders
+    dropped = [sock for key, entries in held.items() if key not in now for _, _, sock in entries]
+    return bound, now, fresh, dropped
 
 
 def listen_on(address: BoundAddress, backlog: int):
@@ -147,10 +193,13 @@ class _Worker:
 
 
 def supervise(count: int, run_worker: Callable[[int, int | None], int], *,
-              on_worker_exit: Callable[[int], None] = lambda index: None) -> int:
+              on_worker_exit: Callable[[int], None] = lambda index: None,
+              on_reload: Callable[[], None] | None = None) -> int:
     """Fork ``count`` workers running ``run_worker(index, ready_fd)`` (which writes one
     byte to ``ready_fd`` once its listeners are open, and returns an exit status); supervise
-    them until SIGTERM/SIGINT.  Returns 0 if every worker drained cleanly."""
+    them until SIGTERM/SIGINT.  Returns 0 if every worker drained cleanly.  On SIGHUP,
+    ``on_reload`` runs (it checks the configuration on disk and plans it for the workers)
+    before the signal is passed to every worker."""
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     parent = os.getpid()
     workers = [_Worker(i) for i in range(count)]
@@ -164,6 +213,8 @@ def supervise(count: int, run_worker: Callable[[int, int | None], int], *,
                 _die_with_parent()
                 if os.getppid() != parent:
                     os._exit(1)
+                from . import reload
+                reload.supervisor_pid = parent   # request_reload() signals the supervisor
                 for signum in SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -212,7 +263,14 @@ def supervise(count: int, run_worker: Callable[[int, int | None], int], *,
         if signum == signal.SIGHUP:
             from .. import logsetup
             logsetup.reopen()   # logrotate moved the log file: this line goes to the new one
-            log.info("received SIGHUP: passing it to every worker")
+            log.info("received SIGHUP")
+            if on_reload is not None and not stopping:
+                try:
+                    on_reload()
+                except Exception:
+                    log.exception("configuration reload failed; the configuration in force "
+                                  "is kept")
+            log.info("passing SIGHUP to every worker")
             _stop_all(by_pid, signal.SIGHUP)
             continue
         for pid, status in _reap():
@@ -256,6 +314,8 @@ def _reap():
             return
         if pid == 0:
             return
+        from .. import metrics
+        metrics.process_dead(pid)   # its open connections no longer count
         yield pid, status
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from chainmail import logctx
+from chainmail import logctx, metrics
 from chainmail.logctx import about_message
 from chainmail.mailet.api import Mail
 from chainmail.mailet.dsn import report_delivered, wanted_notifications
@@ -72,6 +72,8 @@ class LmtpDataReceiver(DataReceiver):
                          queue_id, self.transaction.sender_text, len(recipients), sink.size)
                 replies = await self.deliver(message, recipients)
             session.messages += 1
+            if any(reply.is_positive for reply in replies):
+                metrics.message_received(sink.size)
             return replies
         finally:
             sink.abort()

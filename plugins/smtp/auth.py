@@ -26,6 +26,7 @@ import logging
 
 import trio
 
+from chainmail import metrics
 from chainmail.protocol.replies import R, Reply
 from chainmail.verdict import HookResult
 
@@ -184,6 +185,7 @@ class AuthCmdHandler:
         session.auth_user = name
         session.relaying_allowed = True
         session.state.pop("auth_failures", None)
+        metrics.auth_attempt(mechanism, True)
         log.info("%s: authenticated %s with %s", session, name, mechanism)
         return R.auth_ok
 
@@ -192,6 +194,7 @@ class AuthCmdHandler:
         answers ``501 Authentication aborted`` instead of ``535``."""
         failures = session.state.get("auth_failures", 0) + 1
         session.state["auth_failures"] = failures
+        metrics.auth_attempt(mechanism, False)
         log.warning("%s: AUTH %s failed for %r (%d/%d)", session, mechanism, username, failures,
                     MAX_FAILURES)
         if failures >= MAX_FAILURES:

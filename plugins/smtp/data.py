@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from chainmail import metrics
 from chainmail.message import IncomingMessage
 from chainmail.protocol.replies import R
 from chainmail.verdict import to_reply
@@ -70,4 +71,7 @@ class DataReceiver:
             log.error("%s: no on_message handler took the message; is SendMailHandler in the "
                       "chain?", session)
             return R.unable_to_process
-        return to_reply(verdict, R.message_received) or R.message_received
+        reply = to_reply(verdict, R.message_received) or R.message_received
+        if reply.is_positive:
+            metrics.message_received(self.writer.size)
+        return reply

@@ -1,0 +1,101 @@
+"""Users and their password hashes in PostgreSQL: :class:`~chainmail.store.users.UsersRepository`
+with its table in the ``users`` table of ``postgres.properties``'s database.  Hashes,
+username rules and timing are the embedded store's (the same functions)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..users import (
+    UserExistsError,
+    UsersRepository,
+    _check_new_password,
+    _dummy_check,
+    _lookup_key,
+    check_password,
+    hash_password,
+    needs_rehash,
+    normalize_username,
+)
+from .cache import PostgresCache
+from .pool import Database
+
+__all__ = ["PostgresUsersRepository"]
+
+log = logging.getLogger("chainmail.store.users")
+
+
+class PostgresUsersRepository(PostgresCache, UsersRepository):
+    """The users; the public API and behaviour of :class:`UsersRepository`."""
+
+    component = "users"
+
+    def __init__(self, database: Database, *, domains: Any = None,
+                 refresh_interval: float = 1.0) -> None:
+        self.domains = domains
+        self._attach(database, refresh_interval)
+
+    def list(self) -> list[str]:
+        """Every username, sorted."""
+        return [name for (name,) in self._rows("SELECT username FROM users ORDER BY username")]
+
+    def verify(self, username: str, password: str | bytes) -> bool:
+        """Is ``password`` the password of ``username``?  One scrypt (call it from a worker
+        thread); an unknown user costs the same; weaker hashes are upgraded."""
+        key = _lookup_key(username)
+        rows = self._rows("SELECT password_hash FROM users WHERE username = %s", (key,))
+        if not rows:
+            _dummy_check(password)
+            return False
+        stored = rows[0][0]
+        try:
+            ok = check_password(stored, password)
+        except ValueError as exc:
+            log.error("user %s: unusable password hash in the database (%s)", key, exc)
+            _dummy_check(password)
+            return False
+        except TypeError:
+            return False
+        if ok and needs_rehash(stored):
+            self._upgrade(key, stored, password)
+        return ok
+
+    def add(self, username: str, password: str) -> None:
+        """Add a user; ``ValueError`` (or :class:`UserExistsError`) saying why not."""
+        name = normalize_username(username)
+        _check_new_password(password)
+        if self.domains is not None:
+            domain = name.rpartition("@")[2]
+            if not self.domains.contains(domain):
+                raise ValueError(f"cannot add user {name}: {domain} is not a local domain")
+        if self.contains(name):
+            raise UserExistsError(f"user {name} already exists")
+        count = self._execute("INSERT INTO users (username, password_hash) VALUES (%s, %s)"
+                              " ON CONFLICT (username) DO NOTHING",
+                              (name, hash_password(password)))
+        if count != 1:
+            raise UserExistsError(f"user {name} already exists")
+
+    def remove(self, username: str) -> bool:
+        """Remove a user; ``False`` if there was none."""
+        return self._execute("DELETE FROM users WHERE username = %s",
+                             (_lookup_key(username),)) == 1
+
+    def set_password(self, username: str, password: str) -> bool:
+        """Change a user's password; ``False`` if there is no such user."""
+        _check_new_password(password)
+        return self._execute("UPDATE users SET password_hash = %s WHERE username = %s",
+                             (hash_password(password), _lookup_key(username))) == 1
+
+    def _upgrade(self, key: str, old: str, password: str | bytes) -> None:
+        try:
+            # Only if nobody changed the password meanwhile.
+            self._execute("UPDATE users SET password_hash = %s"
+                          " WHERE username = %s AND password_hash = %s",
+                          (hash_password(password), key, old))
+        except Exception as exc:  # a read-only database must not fail the login
+            log.warning("user %s: could not upgrade the password hash: %s", key, exc)
+
+    def _load(self, conn: Any) -> None:
+        self._users = frozenset(name for (name,) in conn.execute("SELECT username FROM users"))
