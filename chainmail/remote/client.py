@@ -42,6 +42,12 @@ by :mod:`chainmail.remote.tlspolicy`.
 
 A refused recipient is not an exception: :meth:`SmtpClient.send` returns one
 :class:`RecipientResult` per recipient.  See docs/remote-delivery.md.
+
+With ``lmtp=True`` the same client speaks LMTP (RFC 2033) to a mail store: ``LHLO``
+instead of ``EHLO`` (no ``HELO`` fallback), and after the content one reply per accepted
+recipient (:attr:`SendResult.data_replies`), since each recipient's mailbox may take or
+refuse the message on its own.  A host that starts with ``/`` is a Unix socket (a mail
+store's usual listener); the port is then ignored.
 """
 
 from __future__ import annotations
@@ -173,6 +179,9 @@ class SendResult:
     mail_reply: Reply
     recipients: list[RecipientResult] = field(default_factory=list)
     data_reply: Reply | None = None
+    #: LMTP: the reply after the content for each accepted recipient (empty over SMTP, and
+    #: when the content itself was refused: ``data_reply`` then speaks for everyone)
+    data_replies: dict[str, Reply] = field(default_factory=dict)
 
     @property
     def accepted(self) -> list[str]:
@@ -185,9 +194,20 @@ class SendResult:
     @property
     def delivered(self) -> list[str]:
         """The recipients the server took responsibility for (``250`` after DATA)."""
+        if self.data_replies:
+            return [r for r in self.accepted
+                    if r in self.data_replies and 200 <= self.data_replies[r].code < 300]
         if self.data_reply is None or not 200 <= self.data_reply.code < 300:
             return []
         return self.accepted
+
+    def final_reply(self, address: str) -> Reply | None:
+        """The reply that decided ``address``: its refused ``RCPT``, its own LMTP reply, or
+        the reply to the content; None when the content was never sent."""
+        for result in self.recipients:
+            if result.address == address and not result.accepted:
+                return result.reply
+        return self.data_replies.get(address) or self.data_reply
 
 
 def client_tls_context(*, verify_identity: bool = True, trust_all: bool = False,
@@ -264,8 +284,9 @@ class SmtpClient:
     chunk_size = BDAT_CHUNK
 
     def __init__(self, stream: trio.abc.Stream, *, host: str, helo_name: str,
-                 timeout: float) -> None:
+                 timeout: float, lmtp: bool = False) -> None:
         self.stream = stream
+        self.lmtp = lmtp
         self.host = host
         self.helo_name = helo_name
         self.timeout = timeout
@@ -289,8 +310,9 @@ class SmtpClient:
                       tls_context: ssl.SSLContext | None = None,
                       server_hostname: str | None = None, implicit_tls: bool = False,
                       starttls: str = "opportunistic", bind: str | None = None,
-                      tls_check: ChainCheck | None = None) -> "SmtpClient":
-        """Connect, read the greeting, ``EHLO`` and (when asked and offered) ``STARTTLS``.
+                      tls_check: ChainCheck | None = None, lmtp: bool = False) -> "SmtpClient":
+        """Connect, read the greeting, ``EHLO`` (``LHLO`` with ``lmtp``) and (when asked
+        and offered) ``STARTTLS``.  A ``host`` starting with ``/`` is a Unix socket.
 
         ``starttls`` is ``"never"``, ``"opportunistic"`` or ``"required"``.
         ``server_hostname`` is the name checked against the certificate (default: ``host``).
@@ -300,15 +322,19 @@ class SmtpClient:
         if starttls not in ("never", "opportunistic", "required"):
             raise ValueError(f"starttls={starttls!r}; expected never, opportunistic or required")
         ctx = tls_context or client_tls_context()
+        where = host if host.startswith("/") else f"{host}:{port}"
         try:
             with trio.fail_after(connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(
-                    host, port, local_address=bind)
+                stream: trio.abc.Stream
+                if host.startswith("/"):
+                    stream = await trio.open_unix_socket(host)
+                else:
+                    stream = await trio.open_tcp_stream(host, port, local_address=bind)
         except trio.TooSlowError:
-            raise SmtpConnectionError(f"connection to {host}:{port} timed out") from None
+            raise SmtpConnectionError(f"connection to {where} timed out") from None
         except OSError as exc:
-            raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
-        client = cls(stream, host=host, helo_name=helo_name, timeout=timeout)
+            raise SmtpConnectionError(f"cannot connect to {where}: {exc}") from exc
+        client = cls(stream, host=host, helo_name=helo_name, timeout=timeout, lmtp=lmtp)
         client.tls_check = tls_check
         try:
             if implicit_tls:
@@ -353,8 +379,12 @@ class SmtpClient:
             self.verified = True
 
     async def hello(self) -> Reply:
-        """``EHLO``, or ``HELO`` when the server refuses EHLO; records the extensions."""
-        reply = await self.command(f"EHLO {self.helo_name}")
+        """``EHLO``, or ``HELO`` when the server refuses EHLO; records the extensions.
+        LMTP: ``LHLO``, whose refusal is final (RFC 2033 has no fallback)."""
+        verb = "LHLO" if self.lmtp else "EHLO"
+        reply = await self.command(f"{verb} {self.helo_name}")
+        if reply.code != 250 and self.lmtp:
+            raise SmtpReplyError(verb, reply)
         if reply.code == 250:
             self.esmtp = True
             self.ehlo_reply = reply
@@ -464,6 +494,8 @@ class SmtpClient:
         if use_bdat:
             if not binary and content and not content.endswith(b"\r\n"):
                 content += b"\r\n"     # what DATA sends, unstuffed
+            if self.lmtp:
+                return await self._lmtp_bdat(result, content)
             result.data_reply = await self._bdat(content)
             return result
         reply = await self.command("DATA")
@@ -471,8 +503,45 @@ class SmtpClient:
             result.data_reply = reply
             return result
         await self.write(dot_stuff(content))
+        if self.lmtp:
+            await self._lmtp_replies(result)
+            return result
         result.data_reply = await self.read_reply()
         return result
+
+    async def _lmtp_bdat(self, result: SendResult, content: bytes) -> SendResult:
+        """RFC 2033 with RFC 3030: every chunk but the last has one reply, read before the
+        next is sent (a refusal then stops the transfer for everyone); the ``LAST`` chunk
+        has one per accepted recipient."""
+        view = memoryview(content)
+        size = self.chunk_size
+        starts = range(0, len(content), size) if content else range(1)
+        for start in starts[:-1]:
+            await self.write(f"BDAT {size}\r\n".encode() + view[start:start + size])
+            reply = await self.read_reply()
+            if not 200 <= reply.code < 300:
+                result.data_reply = reply
+                if reply.code != 421:
+                    await self.rset()
+                return result
+        last = view[starts[-1]:]
+        await self.write(f"BDAT {len(last)} LAST\r\n".encode() + last)
+        await self._lmtp_replies(result)
+        return result
+
+    async def _lmtp_replies(self, result: SendResult) -> None:
+        """One reply per accepted recipient, in ``RCPT`` order.  A connection lost on the
+        way leaves the recipients not yet answered with a temporary failure of their own,
+        so that those already answered are neither retried nor lost."""
+        lost: Reply | None = None
+        for address in result.accepted:
+            if lost is None:
+                try:
+                    reply = await self.read_reply()
+                except SmtpConnectionError as exc:
+                    lost = Reply.of(421, f"no reply for this recipient: {exc}", "4.4.2")
+            result.data_replies[address] = lost or reply
+            result.data_reply = lost or reply
 
     def _check_requiretls(self) -> None:
         if not (self.tls and self.verified):

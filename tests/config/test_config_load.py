@@ -46,13 +46,21 @@ def test_shipped_conf():
     assert s.auth.announce == "never"
     assert not s.tls.socket_tls and not s.tls.start_tls
     assert s.handlerchain.core_package == "org.apache.james.smtpserver.NoAuthCmdHandlerLoader"
-    assert [h.name for h in s.handlerchain.handlers] == ["org.apache.james.smtpserver.NoAuthCmdHandlerLoader"]
+    # The MX offers DSN, MT-PRIORITY and REQUIRETLS (James's hooks, after the core set).
+    esmtp = [f"org.apache.james.smtpserver.{name}" for name in (
+        "dsn.DSNEhloHook", "dsn.DSNMailParameterHook", "dsn.DSNRcptParameterHook",
+        "dsn.DSNMessageHook", "priority.SmtpMtPriorityEhloHook",
+        "priority.SmtpMtPriorityParameterHook", "priority.SmtpMtPriorityMessageHook",
+        "tls.SmtpRequireTlsEhloHook", "tls.SmtpRequireTlsParameterHook",
+        "tls.SmtpRequireTlsMessageHook")]
+    assert [h.name for h in s.handlerchain.handlers] == [
+        "org.apache.james.smtpserver.NoAuthCmdHandlerLoader", *esmtp]
     # LMTP is shipped disabled, on the loopback interface, with direct Maildir delivery.
     [lmtp] = cfg.lmtp_servers
     assert not lmtp.enabled and lmtp.name == "lmtpserver" and lmtp.kind == "lmtp"
     assert lmtp.bind == (BindAddress("127.0.0.1", 2424),)
     assert lmtp.handlerchain.core_package == "org.apache.james.lmtpserver.CoreCmdHandlerLoader"
-    assert lmtp.handlerchain.handlers == ()
+    assert [h.name for h in lmtp.handlerchain.handlers] == esmtp[:4]   # DSN
     assert [s.name for s in cfg.servers] == ["smtpserver", "smtpserver-TLS", "smtpserver-submission"]
     assert cfg.domainlist.domains == ("localhost",)
     assert cfg.domainlist.default_domain == "localhost"
