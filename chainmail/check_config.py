@@ -45,6 +45,8 @@ def check_config(conf: str, var: str, *, strict: bool = False, out: TextIO | Non
         print(line, file=out)
     for line in _describe_webadmin(conf, var, config, errors):
         print(line, file=out)
+    for line in _describe_postgres(conf, errors, warnings):
+        print(line, file=out)
     for server in (*config.smtp_servers, *config.lmtp_servers):
         print(file=out)
         print(f"[{server.kind}server {server.name}] ({server.file}:{server.line})", file=out)
@@ -112,6 +114,24 @@ def _describe_webadmin(conf: str, var: str, config, errors: list[ConfigError]) -
     cfg = services[0].config
     return [f"webadmin: {'https' if cfg.https else 'http'}://{cfg.host}:{cfg.port} "
             f"jwt={str(cfg.jwt).lower()}"]
+
+
+def _describe_postgres(conf: str, errors: list[ConfigError],
+                       warnings: list[ConfigWarning]) -> list[str]:
+    """Where the account stores are: ``postgres.properties`` read as ``chainmail run``
+    reads it (the database itself is not contacted here)."""
+    from .store.postgres.config import load_postgres
+    try:
+        pg = load_postgres(conf)
+    except ConfigError as exc:
+        errors.append(exc)
+        return ["account stores: postgres.properties not usable, see the errors"]
+    if pg is None:
+        return ["account stores: SQLite in the var directory (no postgres.properties)"]
+    warnings.extend(pg.warnings)
+    return [f"account stores: PostgreSQL {pg.username}@{pg.host}:{pg.port}/{pg.name} "
+            f"schema={pg.schema} pool={pg.pool_initial_size}..{pg.pool_max_size} "
+            f"ssl.mode={pg.ssl_mode}"]
 
 
 def _open_tls(server, errors: list[ConfigError]) -> None:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The system tools the tests drive as real clients and peers: swaks (with the Perl modules for
 # --tls and --auth), Postfix's smtp-source/smtp-sink/sendmail, HAProxy, openssl, curl and ip,
-# and the spam filters the spam-check handlers talk to (SpamAssassin's spamd, rspamd).
+# the spam filters the spam-check handlers talk to (SpamAssassin's spamd, rspamd), Dovecot's
+# LMTP server, the mail store LMTPDelivery delivers to, and PostgreSQL's server, which the
+# PostgreSQL store tests start on their own data directory.
 # Installs what is missing when run as root on a machine with apt-get; otherwise prints one
-# line saying how to install it, and fails.  Never leaves a Postfix, HAProxy, spamd or rspamd service running:
-# the tests start their own, on loopback.
+# line saying how to install it, and fails.  Never leaves a Postfix, HAProxy, spamd, rspamd,
+# Dovecot or PostgreSQL service running: the tests start their own, on loopback.
 set -euo pipefail
 
-# Debian package -> how to tell it is usable (a command, or a Perl module).
+# Debian package -> how to tell it is usable (a command, a Perl module, or an executable file).
 checks=(
   "swaks:cmd:swaks"
   "libnet-ssleay-perl:perl:Net::SSLeay"
@@ -21,6 +23,9 @@ checks=(
   "spamd:cmd:spamd"
   "spamassassin:cmd:spamassassin"
   "rspamd:cmd:rspamd"
+  "dovecot-core:cmd:/usr/sbin/dovecot"
+  "dovecot-lmtpd:file:/usr/lib/dovecot/lmtp"
+  "postgresql:cmd:/usr/lib/postgresql/15/bin/postgres"
 )
 
 have() {
@@ -28,6 +33,7 @@ have() {
   case $kind in
     cmd) PATH="$PATH:/usr/sbin:/sbin" command -v "$what" >/dev/null 2>&1 ;;
     perl) perl -M"$what" -e 1 >/dev/null 2>&1 ;;
+    file) [ -x "$what" ] ;;
   esac
 }
 
@@ -40,6 +46,8 @@ stop_services() {
     service spamd stop >/dev/null 2>&1 || true
     service spamassassin stop >/dev/null 2>&1 || true
     service rspamd stop >/dev/null 2>&1 || true
+    service dovecot stop >/dev/null 2>&1 || true
+    service postgresql stop >/dev/null 2>&1 || true
   fi
 }
 trap stop_services EXIT

@@ -252,3 +252,17 @@ def test_webadmin_properties_are_checked(tmp_path):
     conf = conf_dir(tmp_path / "ok", extra={"webadmin.properties": "enabled=true\nport=8000\n"})
     result = check(tmp_path / "ok", conf)
     assert "webadmin: http://127.0.0.1:8000 jwt=false" in result.stdout, result.stdout + result.stderr
+
+
+def test_postgres_properties_are_checked(tmp_path):
+    conf = conf_dir(tmp_path, extra={"postgres.properties":
+                                     "database.username=james\ndatabase.port=none\n"})
+    result = check(tmp_path, conf)
+    assert result.returncode == 1
+    assert "postgres.properties:2" in result.stderr and "database.port" in result.stderr
+    (tmp_path / "ok").mkdir()
+    conf = conf_dir(tmp_path / "ok", extra={"postgres.properties":
+                                            "database.username=james\npool.size=8\n"})
+    result = check(tmp_path / "ok", conf)
+    assert "account stores: PostgreSQL james@localhost:5432/postgres schema=public pool=1..8" \
+        in result.stdout, result.stdout + result.stderr

@@ -32,7 +32,7 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 _STRINGS = {"database.host", "database.name", "database.schema", "database.username",
             "database.password", "ssl.mode", "ssl.rootcert", "ssl.cert", "ssl.key"}
-_INTEGERS = {"database.port", "pool.initial.size", "pool.max.size"}
+_INTEGERS = {"database.port", "pool.initial.size", "pool.max.size", "pool.size"}
 _DURATIONS = {"jooq.reactive.timeout"}
 #: James keys about row level security (mailbox data), with nothing to do here
 _IGNORED = {"database.non-rls.username", "database.non-rls.password",
@@ -95,7 +95,7 @@ def load_postgres(conf_dir: str | os.PathLike[str]) -> PostgresConfig | None:
     """The configuration of ``<conf_dir>/postgres.properties``; ``None`` without the file.
     ``ConfigError`` (file:line: key: what is expected) for a bad value."""
     from ...config.server import resolve_path
-    from ...webadmin.config import parse_properties
+    from ...config.properties import parse_properties
     conf = os.fspath(conf_dir)
     path = os.path.join(conf, FILE)
     try:
@@ -165,7 +165,8 @@ def load_postgres(conf_dir: str | os.PathLike[str]) -> PostgresConfig | None:
             raise fail("jooq.reactive.timeout", f"{values['jooq.reactive.timeout']!r}: expected "
                                                 "at least 1 second")
     initial = integer("pool.initial.size", 1, 0, 1000)
-    maximum = integer("pool.max.size", max(4, initial), 1, 1000)
+    # ``pool.size`` (one size for the pool) is read as the largest size
+    maximum = integer("pool.max.size", integer("pool.size", max(4, initial), 1, 1000), 1, 1000)
     if maximum < initial:
         raise fail("pool.max.size", f"{maximum} is less than pool.initial.size ({initial})")
     if values.get("row.level.security.enabled", "false").lower() not in ("true", "false", ""):
