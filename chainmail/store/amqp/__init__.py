@@ -1,0 +1,1 @@
+"""RabbitMQ for the spool and the outgoing queue shared by several nodes (conf/rabbitmq.properties)."""
