@@ -2,11 +2,12 @@
 # The system tools the tests drive as real clients and peers: swaks (with the Perl modules for
 # --tls and --auth), Postfix's smtp-source/smtp-sink/sendmail, HAProxy, openssl, curl and ip,
 # the spam filters the spam-check handlers talk to (SpamAssassin's spamd, rspamd), Dovecot's
-# LMTP server, the mail store LMTPDelivery delivers to, and PostgreSQL's server, which the
-# PostgreSQL store tests start on their own data directory.
+# LMTP server, the mail store LMTPDelivery delivers to, PostgreSQL's server, which the
+# PostgreSQL store tests start on their own data directory, and RabbitMQ's, which the
+# broker tests start as a node of their own.
 # Installs what is missing when run as root on a machine with apt-get; otherwise prints one
 # line saying how to install it, and fails.  Never leaves a Postfix, HAProxy, spamd, rspamd,
-# Dovecot or PostgreSQL service running: the tests start their own, on loopback.
+# Dovecot, PostgreSQL or RabbitMQ service running: the tests start their own, on loopback.
 set -euo pipefail
 
 # Debian package -> how to tell it is usable (a command, a Perl module, or an executable file).
@@ -26,6 +27,7 @@ checks=(
   "dovecot-core:cmd:/usr/sbin/dovecot"
   "dovecot-lmtpd:file:/usr/lib/dovecot/lmtp"
   "postgresql:cmd:/usr/lib/postgresql/15/bin/postgres"
+  "rabbitmq-server:file:/usr/lib/rabbitmq/bin/rabbitmq-server"
 )
 
 have() {
@@ -48,6 +50,9 @@ stop_services() {
     service rspamd stop >/dev/null 2>&1 || true
     service dovecot stop >/dev/null 2>&1 || true
     service postgresql stop >/dev/null 2>&1 || true
+    service rabbitmq-server stop >/dev/null 2>&1 || true
+    # the package's scripts start epmd on its default port; the tests run their own
+    epmd -kill >/dev/null 2>&1 || true
   fi
 }
 trap stop_services EXIT
