@@ -195,7 +195,9 @@ def subject(content: bytes) -> str:
 
 
 def test_utf8_user_made_with_the_cli_gets_smtputf8_mail(chainmail_factory):
-    server = chainmail_factory(handlers=VALID_RCPT, files={"mailetcontainer.xml": SHIPPED_MAILETS})
+    # One process: a probe that sees the new user speaks for every later session.
+    server = chainmail_factory("<ioWorkerCount>1</ioWorkerCount>", handlers=VALID_RCPT,
+                               files={"mailetcontainer.xml": SHIPPED_MAILETS})
     add_user(server, f"{DECOMPOSED}@Local.Test")     # stored in NFC
     wait_for(lambda: accepts(server.port, f"{COMPOSED}@local.test", b"EHLO probe.test"),
              what="the new user accepted at RCPT")

@@ -39,10 +39,19 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
 
 
 def inbox(server, user: str) -> list:
+    """The user's messages in the order they were delivered (chainmail's Maildir names start
+    with the delivery time: ``<seconds>.M<microseconds>P...``)."""
     path = server.var / "mail" / user
     if not path.is_dir():
         return []
-    return list(mailbox.Maildir(str(path), factory=None, create=False))
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+
+    def delivered_at(key: str) -> tuple[int, int]:
+        seconds, _, rest = key.partition(".")
+        micro = rest[1:rest.find("P")] if rest.startswith("M") and "P" in rest else "0"
+        return (int(seconds), int(micro)) if seconds.isdigit() and micro.isdigit() else (0, 0)
+
+    return [box[key] for key in sorted(box.keys(), key=delivered_at)]
 
 
 def repo_keys(server, name: str) -> list[str]:
