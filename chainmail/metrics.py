@@ -171,17 +171,37 @@ def session_started(lmtp: bool) -> None:
     _m.session_by["lmtp" if lmtp else "smtp"].inc()
 
 
+#: Commands and replies counted since the last :func:`flush_counts`: one dictionary and one
+#: list update per command, where a Prometheus counter in multiprocess mode takes a lock and
+#: writes a mapped file (about 1 µs each: 40% of a pipelined NOOP).  Event loop thread only.
+_pending_verbs: dict[str, int] = {}
+_pending_classes = [0] * 10
+
+
 def command(verb: str) -> None:
-    child = _m.verb_by.get(verb)
-    if child is None:
-        child = _m.verb_by[verb] = _m.commands.labels(verb if verb in VERBS else "OTHER")
-    child.inc()
+    _pending_verbs[verb] = _pending_verbs.get(verb, 0) + 1
 
 
 def reply(code: int) -> None:
-    child = _m.reply_by.get(code // 100)
-    if child is not None:
-        child.inc()
+    _pending_classes[code // 100 % 10] += 1
+
+
+def flush_counts() -> None:
+    """Add the commands and replies counted since the last call to their Prometheus
+    counters.  Called from the event loop at the end of each connection, every second, and
+    before a scrape, so a scrape is at most a second behind a session still open."""
+    if _pending_verbs:
+        for verb, count in _pending_verbs.items():
+            child = _m.verb_by.get(verb)
+            if child is None:
+                child = _m.verb_by[verb] = _m.commands.labels(verb if verb in VERBS else "OTHER")
+            child.inc(count)
+        _pending_verbs.clear()
+    classes = _pending_classes
+    for code_class in range(1, 6):
+        if classes[code_class]:
+            _m.reply_by[code_class].inc(classes[code_class])
+            classes[code_class] = 0
 
 
 def tls_handshake(ok: bool) -> None:

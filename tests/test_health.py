@@ -237,6 +237,7 @@ def test_named_counters_are_summed_from_a_metrics_directory(tmp_path):
             if pid == 0:
                 metrics.counter("bounces").add(n)
                 metrics.command("EHLO")
+                metrics.flush_counts()
                 os._exit(0)
             os.waitpid(pid, 0)
     """

@@ -72,11 +72,12 @@ async def sweep_idle_sessions(contexts, *, task_status=trio.TASK_STATUS_IGNORED)
     timeouts = [float(ctx.config.connection_timeout or 0) for ctx in contexts]
     timeouts = [t for t in timeouts if t > 0]
     task_status.started()
-    if not timeouts:
-        return
-    interval = min(1.0, max(0.05, min(timeouts) / 4))
+    interval = min(1.0, max(0.05, min(timeouts) / 4)) if timeouts else 1.0
     while True:
         await trio.sleep(interval)
+        metrics.flush_counts()
+        if not timeouts:
+            continue
         now = time.monotonic()
         for ctx in contexts:
             for runner in list(ctx.sessions):
@@ -110,6 +111,7 @@ async def serve_connection(ctx, stream: trio.SocketStream, *, peer=None, local=N
             ctx.limits.release()
             ctx.load.sessions -= 1
     finally:
+        metrics.flush_counts()   # before the gauge: a scrape that sees it closed sees its counts
         metrics.connection_closed()
 
 

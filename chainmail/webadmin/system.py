@@ -35,6 +35,7 @@ def add_routes(router: Router, conf: str, var: str) -> None:
         return json_response(body if code == 404 else body["checks"][0], code)
 
     async def scrape(req: Request) -> Response:
+        metrics.flush_counts()   # this process's latest, on the loop that counts them
         # It reads the spool and the outgoing queues: off the event loop.
         text = await trio.to_thread.run_sync(metrics.render_prometheus)
         return Response(200, text.encode(), PROMETHEUS_TYPE)
