@@ -18,9 +18,13 @@ work is done on the hot path.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -124,7 +128,7 @@ def enable_multiprocess(directory: str) -> None:
     before it forks and before anything is counted."""
     global _m, _directory
     os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    directory = _in_memory(directory)
     for path in glob.glob(os.path.join(directory, "*.db")):
         os.unlink(path)   # an earlier run's: its counts are not this run's
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
@@ -137,6 +141,37 @@ def enable_multiprocess(directory: str) -> None:
             named._child.inc(named._value)
         for each in _timers.values():
             each._child = _m.named_timers.labels(each.name)
+
+
+#: a memory file system, where the values' mapped files are never written back to a disk
+SHARED_MEMORY = "/dev/shm"
+
+
+def _in_memory(directory: str) -> str:
+    """``directory`` made a link to a directory in shared memory when there is one: the
+    values are written on every count, and on a disk the kernel would write those pages back
+    (a ``syncfs`` of Maildir delivery waits for them too).  The shared-memory directory is
+    removed when the process that made it exits.  Returns the directory to use."""
+    if not os.path.isdir(SHARED_MEMORY):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return directory
+    target = os.path.realpath(directory) if os.path.islink(directory) else ""
+    if not (target.startswith(SHARED_MEMORY + os.sep) and os.path.isdir(target)):
+        if os.path.islink(directory):
+            os.unlink(directory)
+        elif os.path.isdir(directory):
+            shutil.rmtree(directory)
+        target = tempfile.mkdtemp(prefix="chainmail-metrics-", dir=SHARED_MEMORY)
+        os.symlink(target, directory)
+    owner = os.getpid()
+
+    def release() -> None:   # at the run's end, in the process that made it (not a worker)
+        if os.getpid() == owner:
+            shutil.rmtree(target, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(directory)
+    atexit.register(release)
+    return directory
 
 
 def multiprocess_directory() -> str | None:
