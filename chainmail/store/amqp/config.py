@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ...config.errors import ConfigError, ConfigWarning
+from ...config.properties import Properties, read_properties_file
 
 __all__ = ["FILE", "RabbitMQConfig", "load_rabbitmq", "parse_rabbitmq"]
 
@@ -115,59 +116,21 @@ def load_rabbitmq(conf_dir: str | os.PathLike[str]) -> RabbitMQConfig | None:
     ``ConfigError`` (file:line: key: what is expected) for a bad value."""
     conf = os.fspath(conf_dir)
     path = os.path.join(conf, FILE)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except FileNotFoundError:
+    text = read_properties_file(path)
+    if text is None:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, "", f"cannot read: {exc}") from None
     return parse_rabbitmq(text, path, conf)
 
 
 def parse_rabbitmq(text: str, path: str, conf_dir: str) -> RabbitMQConfig:
     """The configuration of the properties ``text`` read from ``path``; relative file
     names resolve against ``conf_dir``."""
-    from ...config.properties import parse_properties
-    values: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    warnings: list[ConfigWarning] = []
-    for line, key, value in parse_properties(text):
-        if key in _KNOWN:
-            values[key], lines[key] = value, line
-        elif not key.startswith(_IGNORED_PREFIXES):
-            warnings.append(ConfigWarning(path, line, key, "unknown key, ignored (known: "
-                                          + ", ".join(sorted(_KNOWN)) + ")"))
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(path, lines.get(key), key, message)
-
-    def boolean(key: str, default: bool) -> bool:
-        text = values.get(key, "").strip().lower()
-        if not text:
-            return default
-        if text not in ("true", "false"):
-            raise fail(key, f"{values[key]!r}: expected true or false")
-        return text == "true"
-
-    def choice(key: str, options: tuple[str, ...]) -> str:
-        text = (values.get(key) or options[0]).lower()
-        if text not in options:
-            raise fail(key, f"{values[key]!r}: expected one of {', '.join(options)}")
-        return text
+    props = Properties(text, path, _KNOWN, lambda key: key.startswith(_IGNORED_PREFIXES))
+    values, lines, warnings, fail = props.values, props.lines, props.warnings, props.fail
+    boolean, choice = props.boolean, props.choice
 
     def pem_file(key: str) -> str | None:
-        value = values.get(key)
-        if not value:
-            return None
-        from ...config.server import resolve_path
-        try:
-            resolved = resolve_path(value, conf_dir)
-        except ValueError as exc:
-            raise fail(key, str(exc)) from None
-        if not os.path.isfile(resolved):
-            raise fail(key, f"{resolved}: no such file (a PEM file is expected)")
-        return resolved
+        return props.pem_file(key, conf_dir)
 
     uri = values.get("uri", "")
     if not uri:

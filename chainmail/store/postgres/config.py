@@ -94,53 +94,18 @@ class PostgresConfig:
 def load_postgres(conf_dir: str | os.PathLike[str]) -> PostgresConfig | None:
     """The configuration of ``<conf_dir>/postgres.properties``; ``None`` without the file.
     ``ConfigError`` (file:line: key: what is expected) for a bad value."""
-    from ...config.server import resolve_path
-    from ...config.properties import parse_properties
+    from ...config.properties import Properties, read_properties_file
     conf = os.fspath(conf_dir)
     path = os.path.join(conf, FILE)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except FileNotFoundError:
+    text = read_properties_file(path)
+    if text is None:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, "", f"cannot read: {exc}") from None
-    values: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    warnings: list[ConfigWarning] = []
-    for line, key, value in parse_properties(text):
-        if key in _KNOWN:
-            values[key], lines[key] = value, line
-        elif key not in _IGNORED:
-            warnings.append(ConfigWarning(path, line, key, "unknown key, ignored (known: "
-                                          + ", ".join(sorted(_KNOWN)) + ")"))
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(path, lines.get(key), key, message)
-
-    def integer(key: str, default: int, low: int, high: int) -> int:
-        text = values.get(key, "")
-        if not text:
-            return default
-        try:
-            number = int(text)
-        except ValueError:
-            number = low - 1
-        if not low <= number <= high:
-            raise fail(key, f"{text!r}: expected a whole number from {low} to {high}")
-        return number
+    props = Properties(text, path, _KNOWN, lambda key: key in _IGNORED)
+    values, lines, warnings, fail = props.values, props.lines, props.warnings, props.fail
+    integer = props.integer
 
     def location(key: str) -> str | None:
-        value = values.get(key)
-        if not value:
-            return None
-        try:
-            resolved = resolve_path(value, conf)
-        except ValueError as exc:
-            raise fail(key, str(exc)) from None
-        if not os.path.isfile(resolved):
-            raise fail(key, f"{resolved}: no such file (a PEM file is expected)")
-        return resolved
+        return props.pem_file(key, conf)
 
     username = values.get("database.username", "")
     if not username:
