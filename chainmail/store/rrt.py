@@ -390,26 +390,7 @@ class RecipientRewriteTable(_sqlite.RefreshedCache):
                 if (kind, src, dst) in rows:
                     conn.execute("ROLLBACK")
                     return False
-                if kind in ("alias", "domain"):
-                    for k, s, t in rows:
-                        if k == kind and s == src:
-                            hint = " (a forward can have several targets)" if kind == "alias" else ""
-                            raise ValueError(
-                                f"{src} is already an alias of {t}; remove that mapping first{hint}")
-                tables = _Tables([*rows, (kind, src, dst)])
-                if kind == "domain":
-                    # A loop through the new edge passes through an address of ``src``
-                    # reached from some address mapping: start from all of them.
-                    starts = [a for k, s, t in rows if k != "domain" for a in (s, t)]
-                    cycle = self._domain_cycle(tables, src)
-                    if cycle is None:
-                        cycle = tables.find_cycle(starts)
-                else:
-                    cycle = tables.find_cycle([src])
-                if cycle is not None:
-                    raise ValueError(
-                        f"refused: {kind} mapping {src} -> {dst} would create a loop: "
-                        + " -> ".join(cycle))
+                self._check_new(rows, kind, src, dst)
                 conn.execute(
                     "INSERT INTO rrt_mappings (kind, source, target) VALUES (?, ?, ?)",
                     (kind, src, dst))
@@ -421,6 +402,29 @@ class RecipientRewriteTable(_sqlite.RefreshedCache):
             finally:
                 self._reload_locked()
         return True
+
+    def _check_new(self, rows: builtins.list, kind: str, src: str, dst: str) -> None:
+        """``ValueError`` if the mapping would give an alias a second target or close a
+        loop, given the ``rows`` (kind, source, target) in the table now."""
+        if kind in ("alias", "domain"):
+            for k, s, t in rows:
+                if k == kind and s == src:
+                    hint = " (a forward can have several targets)" if kind == "alias" else ""
+                    raise ValueError(
+                        f"{src} is already an alias of {t}; remove that mapping first{hint}")
+        tables = _Tables([*rows, (kind, src, dst)])
+        if kind == "domain":
+            # A loop through the new edge passes through an address of ``src`` reached
+            # from some address mapping: start from all of them.
+            starts = [a for k, s, t in rows if k != "domain" for a in (s, t)]
+            cycle = self._domain_cycle(tables, src)
+            if cycle is None:
+                cycle = tables.find_cycle(starts)
+        else:
+            cycle = tables.find_cycle([src])
+        if cycle is not None:
+            raise ValueError(f"refused: {kind} mapping {src} -> {dst} would create a loop: "
+                             + " -> ".join(cycle))
 
     @staticmethod
     def _domain_cycle(tables: _Tables, start: str) -> builtins.list[str] | None:

@@ -56,27 +56,6 @@ class PostgresRecipientRewriteTable(PostgresCache, RecipientRewriteTable):
             self._reload_locked()
         return added
 
-    def _check_new(self, rows: builtins.list[tuple], kind: str, src: str, dst: str) -> None:
-        """``ValueError`` if the mapping would give a second target or close a loop (the
-        embedded store's rules)."""
-        if kind in ("alias", "domain"):
-            for k, s, t in rows:
-                if k == kind and s == src:
-                    hint = " (a forward can have several targets)" if kind == "alias" else ""
-                    raise ValueError(
-                        f"{src} is already an alias of {t}; remove that mapping first{hint}")
-        tables = _Tables([*rows, (kind, src, dst)])
-        if kind == "domain":
-            starts = [a for k, s, t in rows if k != "domain" for a in (s, t)]
-            cycle = self._domain_cycle(tables, src)
-            if cycle is None:
-                cycle = tables.find_cycle(starts)
-        else:
-            cycle = tables.find_cycle([src])
-        if cycle is not None:
-            raise ValueError(f"refused: {kind} mapping {src} -> {dst} would create a loop: "
-                             + " -> ".join(cycle))
-
     def _remove(self, kind: str, source: str, target: str, normalize) -> bool:
         try:
             src, dst = normalize(source), normalize(target)
