@@ -316,14 +316,10 @@ class UsersRepository(_sqlite.RefreshedCache):
         re-hashed with the current ones.
         """
         key = _lookup_key(username)
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT password_hash FROM users WHERE username = ?", (key,)
-            ).fetchone()
-        if row is None:
+        stored = self._stored_hash(key)
+        if stored is None:
             _dummy_check(password)
             return False
-        stored = row[0]
         try:
             ok = check_password(stored, password)
         except ValueError as exc:
@@ -335,6 +331,13 @@ class UsersRepository(_sqlite.RefreshedCache):
         if ok and needs_rehash(stored):
             self._upgrade(key, stored, password)
         return ok
+
+    def _stored_hash(self, key: str) -> str | None:
+        """The stored password hash of the user ``key`` (its lookup form), if any."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT password_hash FROM users WHERE username = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     # -- changing
 

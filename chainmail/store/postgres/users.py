@@ -11,11 +11,8 @@ from ..users import (
     UserExistsError,
     UsersRepository,
     _check_new_password,
-    _dummy_check,
     _lookup_key,
-    check_password,
     hash_password,
-    needs_rehash,
     normalize_username,
 )
 from .cache import PostgresCache
@@ -40,26 +37,9 @@ class PostgresUsersRepository(PostgresCache, UsersRepository):
         """Every username, sorted."""
         return [name for (name,) in self._rows("SELECT username FROM users ORDER BY username")]
 
-    def verify(self, username: str, password: str | bytes) -> bool:
-        """Is ``password`` the password of ``username``?  One scrypt (call it from a worker
-        thread); an unknown user costs the same; weaker hashes are upgraded."""
-        key = _lookup_key(username)
+    def _stored_hash(self, key: str) -> str | None:
         rows = self._rows("SELECT password_hash FROM users WHERE username = %s", (key,))
-        if not rows:
-            _dummy_check(password)
-            return False
-        stored = rows[0][0]
-        try:
-            ok = check_password(stored, password)
-        except ValueError as exc:
-            log.error("user %s: unusable password hash in the database (%s)", key, exc)
-            _dummy_check(password)
-            return False
-        except TypeError:
-            return False
-        if ok and needs_rehash(stored):
-            self._upgrade(key, stored, password)
-        return ok
+        return rows[0][0] if rows else None
 
     def add(self, username: str, password: str) -> None:
         """Add a user; ``ValueError`` (or :class:`UserExistsError`) saying why not."""
