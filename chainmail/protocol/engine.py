@@ -331,7 +331,9 @@ class Connection:
         if last_nl < 0:
             if len(buf) > self.max_line_length + 1:
                 return self._overlong_partial_line()
-            return CLOSED if self._eof else NEED_DATA
+            if not self._eof:
+                return NEED_DATA
+            return self._unended_line()
         end = buf.find(_END_OF_DATA, 0, last_nl + 1)
         stop = last_nl + 1 if end < 0 else end + 2
         block = bytes(buf[:stop])
@@ -370,7 +372,17 @@ class Connection:
         if buf.startswith(b"."):
             buf[0:0] = b"x"
             self._data_size -= 1
-        return NEED_DATA if not self._eof else CLOSED
+        return NEED_DATA if not self._eof else self._unended_line()
+
+    def _unended_line(self):
+        """The peer closed inside a body line: a bare CR or a NUL in it is reported as it
+        would have been had the line gone on (so the events do not depend on where the
+        reads were cut), then the stream is closed."""
+        if self._canonicalizer is None:
+            octet = first_forbidden(bytes(self._buf))
+            if octet is not None:
+                return ForbiddenOctet(octet, in_data=True)
+        return CLOSED
 
     def _finish_data(self) -> EndOfData:
         self._canonicalizer = None

@@ -129,6 +129,7 @@ def delivered(events: list) -> list:
 @given(raw=framing_noise, limit=st.integers(4, 24), data=st.data())
 @example(raw=b"A" * 30 + b"\nMAIL FROM:<a@b>\r\n", limit=16, data=None)
 @example(raw=b"A" * 17 + b"\r\nNOOP\r\n", limit=16, data=None)
+@example(raw=b"DATA\r\n" + b"L" * 20 + b"\rAA", limit=4, data=None)   # closed mid-line
 def test_same_framing_whatever_the_chunking_with_bare_line_feeds(raw, limit, data):
     """CR, LF and over-long lines in any mix: the framing (commands, LineTooLong, BareLineFeed,
     EndOfData, CLOSED) does not depend on where the reads were split."""
