@@ -332,6 +332,19 @@ class UsersRepository(_sqlite.RefreshedCache):
             self._upgrade(key, stored, password)
         return ok
 
+    def _new_user(self, username: str, password: str) -> str:
+        """The stored form of a user about to be added; ``ValueError`` saying why it
+        cannot be (invalid name, domain not local, empty password, already there)."""
+        name = normalize_username(username)
+        _check_new_password(password)
+        if self.domains is not None:
+            domain = name.rpartition("@")[2]
+            if not self.domains.contains(domain):
+                raise ValueError(f"cannot add user {name}: {domain} is not a local domain")
+        if self.contains(name):
+            raise UserExistsError(f"user {name} already exists")
+        return name
+
     def _stored_hash(self, key: str) -> str | None:
         """The stored password hash of the user ``key`` (its lookup form), if any."""
         with self._lock:
@@ -345,14 +358,7 @@ class UsersRepository(_sqlite.RefreshedCache):
         """Add a user.  ``ValueError`` saying why if the username is invalid, its
         domain is not local (when ``domains`` was given), the password is empty,
         or the user exists (:class:`UserExistsError`, a ``ValueError``)."""
-        name = normalize_username(username)
-        _check_new_password(password)
-        if self.domains is not None:
-            domain = name.rpartition("@")[2]
-            if not self.domains.contains(domain):
-                raise ValueError(f"cannot add user {name}: {domain} is not a local domain")
-        if self.contains(name):
-            raise UserExistsError(f"user {name} already exists")
+        name = self._new_user(username, password)
         stored = hash_password(password)
         with self._lock:
             cur = self._conn.execute(

@@ -4,6 +4,8 @@ Removing a mapping that is not there answers 204, as James does: the state asked
 
 from __future__ import annotations
 
+import contextlib
+
 from ..admin import NotFound, Stores
 from ..admin import accounts as ops
 from .http import Request, Response, Router, json_response, no_content
@@ -15,10 +17,8 @@ def add_routes(router: Router, stores: Stores) -> None:
     def remove(kind: str, source: str, target: str) -> Response:
         ops.normalized_address(source, f"{kind} source")
         ops.normalized_address(target, f"{kind} target")
-        try:
+        with contextlib.suppress(NotFound):   # James: removing what is not there is 204 too
             ops.remove_mapping(stores, kind, source, target)
-        except NotFound:
-            pass
         return no_content()
 
     # -- aliases: another name for a user

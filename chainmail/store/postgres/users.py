@@ -13,7 +13,6 @@ from ..users import (
     _check_new_password,
     _lookup_key,
     hash_password,
-    normalize_username,
 )
 from .cache import PostgresCache
 from .pool import Database
@@ -43,14 +42,7 @@ class PostgresUsersRepository(PostgresCache, UsersRepository):
 
     def add(self, username: str, password: str) -> None:
         """Add a user; ``ValueError`` (or :class:`UserExistsError`) saying why not."""
-        name = normalize_username(username)
-        _check_new_password(password)
-        if self.domains is not None:
-            domain = name.rpartition("@")[2]
-            if not self.domains.contains(domain):
-                raise ValueError(f"cannot add user {name}: {domain} is not a local domain")
-        if self.contains(name):
-            raise UserExistsError(f"user {name} already exists")
+        name = self._new_user(username, password)
         count = self._execute("INSERT INTO users (username, password_hash) VALUES (%s, %s)"
                               " ON CONFLICT (username) DO NOTHING",
                               (name, hash_password(password)))
