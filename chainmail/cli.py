@@ -240,7 +240,15 @@ def _domains(backend, var: str, config):
     return backend.domains(default_domain=config.domainlist.default_domain)
 
 
-def _spool(var: str, **kwargs):
+def _spool(var: str, conf: str | None = None, **kwargs):
+    """The spool between the servers and the container: ``var/spool``, or RabbitMQ's
+    ``spool`` queue when ``conf/rabbitmq.properties`` exists (docs/cluster.md)."""
+    if conf is not None:
+        from .store.amqp import load_rabbitmq
+        rabbitmq = load_rabbitmq(conf)
+        if rabbitmq is not None:
+            from .store.amqp.spool import BrokerSpool
+            return BrokerSpool(rabbitmq, os.path.join(var, "spool", "tmp"))
     from .store.spool import DirectorySpool
     return DirectorySpool(os.path.join(var, "spool"), **kwargs)
 
@@ -351,7 +359,7 @@ def _reload_supervised(conf: str, var: str, state: _Supervised) -> None:
                     "start", state.count)
 
     def check() -> None:
-        gen = _generation(conf, var, config, _spool(var), worker=None, bound=None, limits=None,
+        gen = _generation(conf, var, config, _spool(var, conf), worker=None, bound=None, limits=None,
                           tables={}, number=state.generation + 1)
         gen.close()
     why = reload.check_in_child(check)
@@ -427,10 +435,10 @@ def _serve(conf: str, var: str, config, grace_period: float, *, worker: int | No
 
     from .server.app import run_servers
     from .server.reload import Reloader
-    spool = _spool(var)
-    spool.shared = worker is not None   # other workers take messages too: claims check again
     tables: dict = {}   # the shared connection tables, by path, for the life of the process
     try:
+        spool = _spool(var, conf)
+        spool.shared = worker is not None   # other workers take messages too: claims check again
         webadmin = _webadmin(conf, var, config) if worker in (None, 0) else []
         first = _generation(conf, var, config, spool, worker=worker, bound=bound, limits=limits,
                             tables=tables, number=generation)

@@ -65,7 +65,12 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
             conf_dir=conf if conf is not None else os.path.dirname(config.file or "") or "conf",
             var_dir=var, states=config.states)
         engine = build_engine(config, context)
-        spooler = MailSpooler(spool, engine, context, threads=config.threads,
+        spooler_class = MailSpooler
+        from chainmail.store.amqp.spool import BrokerSpool
+        if isinstance(spool, BrokerSpool):   # every node consumes RabbitMQ's spool queue
+            from .broker_spooler import BrokerSpooler
+            spooler_class = BrokerSpooler
+        spooler = spooler_class(spool, engine, context, threads=config.threads,
                               error_repository=config.error_repository,
                               poll_interval=poll_interval or POLL_INTERVAL)
     except BaseException:

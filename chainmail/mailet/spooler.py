@@ -283,6 +283,11 @@ class MailSpooler:
                 log.error("%s: unreadable spool entry left in place: %s", msg_id, exc)
             self.broken.add(msg_id)
             return False
+        return await self._run(msg_id, queued, small)
+
+    async def _run(self, msg_id: str, queued: Any, small: Any) -> bool:
+        """Process a spool entry read (``small``: it and its content, when at hand) on the
+        engine current now; True if it left the spool."""
         queue_id = queue_id_of(queued.envelope, msg_id)
         engine, context = self.engine, self.context   # this mail's, to its end
         key = id(engine)

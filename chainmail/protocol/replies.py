@@ -176,6 +176,8 @@ class R:
         return Reply.of(250, f"Message received, queued as {queue_id}", "2.6.0")
 
     spool_error = Reply.of(451, "Error processing message.", "4.0.0")
+    #: the shared queue (RabbitMQ) did not confirm the message: nothing was kept
+    queue_unavailable = Reply.of(451, "Mail queue unavailable, try again later", "4.3.0")
     data_line_too_long = Reply.of(500, "Line length exceeded. See RFC 2821 #4.5.3.1.", "5.5.2")
     data_bare_lf = Reply.of(500, "line delimiter must be CRLF", "5.0.0", True)
     data_nul = Reply.of(500, "NUL character not allowed in message data", "5.6.0", True)

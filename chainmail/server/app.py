@@ -83,7 +83,8 @@ async def run_servers(contexts: list[ServerContext], *, grace_period: float = DE
     if not first.listeners:
         first.listeners = plan_listeners(first.contexts, bound)
     async with AsyncExitStack() as stack:
-        if any(ctx.chain.needs_asyncio for ctx in first.contexts):
+        if any(ctx.chain.needs_asyncio for ctx in first.contexts) or \
+                getattr(spool, "needs_asyncio", False):
             import trio_asyncio  # one asyncio loop bridge for the whole process, opened once
             await stack.enter_async_context(trio_asyncio.open_loop())
             reloader.asyncio = True

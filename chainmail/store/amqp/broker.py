@@ -3,7 +3,8 @@ acks and delayed redelivery.
 
 chainmail runs on trio and aio-pika on asyncio: :meth:`Broker.connect` opens a
 trio-asyncio loop for the connection's lifetime and every call crosses into it with
-``aio_as_trio``.  The guarantees the shared spool builds on:
+``aio_as_trio`` (a server process opens one loop for all its tasks, and the broker uses
+it).  The guarantees the shared spool builds on:
 
 - :meth:`Broker.publish` returns only once the broker has confirmed the message
   (publisher confirms, persistent delivery, mandatory routing) and raises
@@ -39,6 +40,18 @@ __all__ = ["Broker", "BrokerError", "Consumer", "Delivery", "PublishError", "del
 DELAY_QUEUE_SPARE_MS = 3_600_000
 #: the priorities a classic queue keeps apart
 MAX_PRIORITY = 9
+
+
+@asynccontextmanager
+async def _asyncio_loop() -> AsyncIterator[None]:
+    """The trio-asyncio loop of the calling task, opened for the block when there is none:
+    a server process shares one loop between the broker and its asyncio handlers, so that
+    every task that publishes reaches the connection's loop."""
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield
 
 
 class BrokerError(Exception):
@@ -155,7 +168,7 @@ class Broker:
     async def connect(cls, config: RabbitMQConfig) -> AsyncIterator[Broker]:
         """``async with Broker.connect(config) as broker:``; the first of the configured
         endpoints that answers.  ``BrokerError`` when none does."""
-        async with trio_asyncio.open_loop():
+        async with _asyncio_loop():
             connection = await cls._open_connection(config)
             try:
                 try:
@@ -171,6 +184,12 @@ class Broker:
                         await aio_as_trio(connection.close)()
                     except _broker_errors():
                         pass
+
+    @property
+    def is_open(self) -> bool:
+        """False once the connection or the confirm channel has closed (the broker went
+        away, or refused something and closed the channel): connect again."""
+        return not (self._connection.is_closed or self._channel.is_closed)
 
     @staticmethod
     async def _open_connection(config: RabbitMQConfig) -> Any:
@@ -251,6 +270,16 @@ class Broker:
         if not isinstance(confirm, Basic.Ack):
             raise PublishError(f"{queue}: not confirmed by {self.config.describe()}: "
                                f"{confirm!r}")
+
+    async def message_count(self, queue: str) -> int:
+        """The messages ready in ``queue`` (those consumers hold unacked are not counted)."""
+        await self.declare(queue)
+        try:
+            declared = await aio_as_trio(self._channel.declare_queue)(
+                queue, durable=True, passive=True)
+        except _broker_errors() as exc:
+            raise BrokerError(f"count {queue}: {exc!r}") from exc
+        return int(declared.declaration_result.message_count or 0)
 
     def consume(self, queue: str, prefetch: int) -> Consumer:
         """The deliveries of ``queue`` (declared if need be), acked by hand."""

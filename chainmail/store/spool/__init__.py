@@ -14,10 +14,10 @@ from .ids import new_id
 from .largefiles import DEFAULT_SYNC_THREADS, FORMAT_VERSION
 from .record import RECORD_VERSION, Envelope, QueuedMessage, SpoolFormatError
 from .segments import PREALLOCATE, SEGMENT_SIZE
-from .writer import BUFFER_LIMIT, SpoolWriter
+from .writer import BUFFER_LIMIT, SpoolUnavailable, SpoolWriter
 
 __all__ = [
     "ADOPT_AFTER", "BUFFER_LIMIT", "DEFAULT_SYNC_THREADS", "FORMAT_VERSION", "PREALLOCATE",
     "RECORD_VERSION", "SEGMENT_SIZE", "Claim", "DirectorySpool", "Envelope", "QueuedMessage",
-    "SpoolFormatError", "SpoolWriter", "message_age", "new_id",
+    "SpoolFormatError", "SpoolUnavailable", "SpoolWriter", "message_age", "new_id",
 ]

@@ -14,7 +14,7 @@ from .fileio import _CREATE_FLAGS, _close_quietly, _unlink_quietly, _write_all
 from .largefiles import _footer
 from .record import _MAX_RECORD_BODY, Envelope, _encode_meta
 
-__all__ = ["BUFFER_LIMIT", "SpoolWriter"]
+__all__ = ["BUFFER_LIMIT", "SpoolUnavailable", "SpoolWriter"]
 
 log = logging.getLogger("chainmail.store.spool")
 
@@ -24,6 +24,11 @@ BUFFER_LIMIT = 256 * 1024
 
 #: The most of a header section ``rewrite_head`` looks at.
 HEAD_LIMIT = 1024 * 1024
+
+class SpoolUnavailable(OSError):
+    """The queue did not take the message (a shared queue's broker did not confirm it): it
+    is not accepted, and the client should try again later (``451 4.3.0``)."""
+
 
 _OPEN, _COMMITTING, _COMMITTED, _ABORTED = "open", "committing", "committed", "aborted"
 

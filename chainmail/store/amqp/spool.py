@@ -1,0 +1,261 @@
+"""The spool on RabbitMQ: what SMTP and LMTP accept, shared by every node.
+
+With ``conf/rabbitmq.properties`` the spool between the servers and the mailet container
+is the broker's durable quorum queue ``spool`` instead of ``var/spool``.  The message is
+received exactly as for the embedded spool (:class:`~chainmail.store.spool.SpoolWriter`:
+in memory up to the buffer limit, then in a node-local temporary file), and its commit
+publishes envelope and content as one persistent message and returns only once the broker
+has **confirmed** it; a message the broker did not confirm raises
+:class:`SpoolUnavailable` (an ``OSError``: SMTP answers ``451 4.3.0`` and nothing is
+kept).  The content travels in the queue message itself: one confirmed round trip per
+message, and the broker's replicated log is the only copy until the container is done.
+
+Every node's container consumes the same queue and acknowledges a message only once it has
+been processed (:class:`chainmail.mailet.broker_spooler.BrokerSpooler`): a node that dies
+leaves what it held to the others, at least once.
+
+:meth:`BrokerSpool.run` keeps the connection: a broker that goes away is reconnected to
+every :data:`RECONNECT_MAX` seconds at most, and meanwhile commits fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Callable
+
+import trio
+
+from ..spool.fileio import _close_quietly, _unlink_quietly
+from ..spool.ids import new_id
+from ..spool.largefiles import _FOOTER_LEN
+from ..spool.record import QueuedMessage, SpoolFormatError, _decode_meta
+from ..spool.writer import BUFFER_LIMIT, SpoolUnavailable, SpoolWriter
+from .broker import Broker, BrokerError, Consumer, PublishError
+from .config import RabbitMQConfig
+
+__all__ = ["BrokerSpool", "SPOOL_QUEUE", "SpoolUnavailable", "decode", "encode"]
+
+log = logging.getLogger("chainmail.store.amqp")
+
+#: the queue SMTP and LMTP publish to and every node's container consumes
+SPOOL_QUEUE = "spool"
+#: the longest wait between two attempts to reach a broker that went away (seconds)
+RECONNECT_MAX = 5.0
+#: how often the connection is looked at (seconds)
+WATCH_INTERVAL = 0.2
+
+_MAGIC = b"CMQ1"
+_LEN = struct.Struct(">I")
+
+
+def encode(meta: bytes, content: bytes | bytearray) -> bytes:
+    """A queue message: the envelope record (as the embedded spool writes it) and the
+    content, behind a four-byte magic and the envelope's length."""
+    return b"".join((_MAGIC, _LEN.pack(len(meta)), meta, content))
+
+
+def decode(msg_id: str, body: bytes) -> tuple[QueuedMessage, bytes]:
+    """The queued message and its content; ``SpoolFormatError`` for anything else."""
+    if body[:4] != _MAGIC or len(body) < 8:
+        raise SpoolFormatError(f"{msg_id}: not a chainmail queue message")
+    (meta_len,) = _LEN.unpack_from(body, 4)
+    if 8 + meta_len > len(body):
+        raise SpoolFormatError(f"{msg_id}: queue message cut short")
+    queued_at, envelope = _decode_meta(memoryview(body)[8:8 + meta_len], msg_id)
+    content = body[8 + meta_len:]
+    return QueuedMessage(msg_id, envelope, len(content), queued_at, path=""), content
+
+
+class BrokerSpool:
+    """The spool as a RabbitMQ queue.  ``tmp_dir`` (node-local) holds messages larger than
+    the buffer limit while they arrive."""
+
+    #: its connection lives on the process's trio-asyncio loop (opened by the server)
+    needs_asyncio = True
+
+    def __init__(self, config: RabbitMQConfig, tmp_dir: str | os.PathLike[str], *,
+                 queue: str = SPOOL_QUEUE, buffer_limit: int = BUFFER_LIMIT) -> None:
+        self.config = config
+        self.queue = queue
+        self.tmp_dir = os.path.abspath(os.fspath(tmp_dir))
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        self.root = os.path.dirname(self.tmp_dir)
+        self._buffer_limit = buffer_limit
+        self.commit_listeners: list[Callable[[str], None]] = []
+        self._broker: Broker | None = None
+        self._connected = trio.Event()
+        self._closed = False
+
+    def describe(self) -> str:
+        return f"queue {self.queue!r} on {self.config.describe()}"
+
+    # -- the connection
+
+    @property
+    def connected(self) -> bool:
+        return self._broker is not None and self._broker.is_open
+
+    async def wait_connected(self) -> Broker:
+        """The open connection, once there is one."""
+        while True:
+            broker = self._broker
+            if broker is not None and broker.is_open:
+                return broker
+            await self._connected.wait()
+            if self._broker is None:
+                await trio.sleep(WATCH_INTERVAL)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection open until cancelled.  Started before the servers accept; a
+        broker that cannot be reached then is not an error: commits fail (``451``) until
+        it can."""
+        delay = 0.5
+        announced_down = False
+        started = False
+        while True:
+            try:
+                async with Broker.connect(self.config) as broker:
+                    await broker.declare(self.queue)
+                    self._broker = broker
+                    self._connected.set()
+                    if announced_down:
+                        log.warning("RabbitMQ is back: %s", self.describe())
+                    else:
+                        log.info("spool: %s", self.describe())
+                    announced_down, delay = False, 0.5
+                    if not started:
+                        started = True
+                        task_status.started()
+                    while broker.is_open:
+                        await trio.sleep(WATCH_INTERVAL)
+                    self._lost()
+                    log.error("RabbitMQ connection lost (%s): mail is refused with 451 until "
+                              "it is back", self.describe())
+                    announced_down = True
+            except BrokerError as exc:
+                self._lost()
+                if not announced_down:
+                    log.error("cannot reach RabbitMQ (%s): mail is refused with 451 until "
+                              "it is back", exc)
+                    announced_down = True
+            finally:
+                self._lost()
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _lost(self) -> None:
+        self._broker = None
+        if self._connected.is_set():
+            self._connected = trio.Event()
+
+    # -- receiving (the writer's committer)
+
+    def open_writer(self) -> SpoolWriter:
+        if self._closed:
+            raise RuntimeError("spool is closed")
+        return SpoolWriter(self, new_id(), self._buffer_limit)
+
+    def _tmp_path(self, msg_id: str) -> str:
+        return os.path.join(self.tmp_dir, msg_id)
+
+    async def _commit_record(self, msg_id: str, meta: bytes, body: bytearray) -> None:
+        await self._publish(msg_id, encode(meta, body))
+
+    async def _commit_file(self, msg_id: str, fd: int | None, buf: bytearray, tail: bytes) -> None:
+        path = self._tmp_path(msg_id)
+
+        def read() -> bytes:
+            try:
+                if fd is None:
+                    return b""
+                with open(path, "rb") as fh:
+                    return fh.read()
+            finally:
+                if fd is not None:
+                    _close_quietly(fd)
+                _unlink_quietly(path)
+        head = await trio.to_thread.run_sync(read)
+        meta = tail[:-_FOOTER_LEN]
+        await self._publish(msg_id, encode(meta, head + bytes(buf)))
+
+    async def _publish(self, msg_id: str, body: bytes) -> None:
+        broker = self._broker
+        if broker is None or not broker.is_open:
+            raise SpoolUnavailable(f"{msg_id}: RabbitMQ is not reachable ({self.describe()})")
+        try:
+            await broker.publish(self.queue, body, {"id": msg_id})
+        except PublishError as exc:
+            raise SpoolUnavailable(f"{msg_id}: {exc}") from exc
+
+    async def publish(self, msg_id: str, body: bytes, *, delay: float = 0.0) -> None:
+        """Queue an already encoded message again, after ``delay`` seconds (retries,
+        held mail): confirmed when this returns."""
+        broker = await self.wait_connected()
+        try:
+            await broker.publish_delayed(self.queue, body, {"id": msg_id},
+                                         delay_bucket(delay))
+        except PublishError as exc:
+            raise SpoolUnavailable(f"{msg_id}: {exc}") from exc
+
+    async def set_aside(self, msg_id: str, body: bytes) -> None:
+        """Keep a message no node can read in ``<queue>.unreadable`` (for the operator),
+        out of the way of the rest."""
+        broker = await self.wait_connected()
+        try:
+            await broker.publish(f"{self.queue}.unreadable", body, {"id": msg_id})
+        except PublishError as exc:
+            raise SpoolUnavailable(f"{msg_id}: {exc}") from exc
+
+    # -- consuming
+
+    @asynccontextmanager
+    async def consume(self, prefetch: int) -> AsyncIterator[Consumer]:
+        """The queue's deliveries, at most ``prefetch`` unacknowledged (``BrokerError``
+        when the connection goes)."""
+        broker = await self.wait_connected()
+        async with broker.consume(self.queue, prefetch) as consumer:
+            yield consumer
+
+    async def count(self) -> int:
+        """Messages ready in the queue (not those a consumer holds)."""
+        broker = await self.wait_connected()
+        return await broker.message_count(self.queue)
+
+    # -- life cycle
+
+    def recover(self) -> int:
+        """Temporary files of messages that were arriving when the node stopped."""
+        removed = 0
+        for name in os.listdir(self.tmp_dir):
+            _unlink_quietly(os.path.join(self.tmp_dir, name))
+            removed += 1
+        return removed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<BrokerSpool {self.describe()}>"
+
+
+#: the delays a retry or a held mail waits, in seconds: one delay queue each
+_BUCKETS = (0.25, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def delay_bucket(delay: float) -> float:
+    """The longest bucket not longer than ``delay`` (0 below the shortest): a mail whose
+    time has not come when it is delivered is delayed again for the rest, so that a few
+    delay queues serve every retry schedule."""
+    best = 0.0
+    for bucket in _BUCKETS:
+        if bucket <= delay:
+            best = bucket
+    return best

@@ -1,0 +1,110 @@
+"""The spool on RabbitMQ end to end: ``chainmail run`` with ``conf/rabbitmq.properties``
+against a real broker (the Debian package's, started by the test on loopback).
+
+SMTP's 250 comes only after the broker's confirm, a broker that is gone gets 451 4.3.0 and
+nothing is kept, the container consumes and acknowledges after processing, and both sides
+recover by themselves when the broker comes back."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+
+import pytest
+
+from chainmail.mailet.repository import RepositoryStore
+from tests.conftest import wait_for, wait_for_log
+from tests.integration.test_amqp_broker import RabbitMQ, rabbitmq_node
+
+MESSAGE = b"From: a@remote.example\r\nSubject: %d\r\n\r\nbody %d\r\n"
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[RabbitMQ]:
+    with rabbitmq_node() as server:
+        yield server
+
+
+def container(repository: str = "file://var/mail/out/", threads: int = 4) -> str:
+    return f"""<mailetcontainer>
+  <context><postmaster>postmaster@local.test</postmaster></context>
+  <spooler><threads>{threads}</threads></spooler>
+  <processors>
+    <processor state="root">
+      <mailet match="All" class="ToRepository"><repositoryPath>{repository}</repositoryPath></mailet>
+    </processor>
+    <processor state="error">
+      <mailet match="All" class="ToRepository"><repositoryPath>file://var/mail/error/</repositoryPath></mailet>
+    </processor>
+  </processors>
+</mailetcontainer>
+"""
+
+
+def properties(broker: RabbitMQ, queue_prefix: str = "") -> str:
+    return f"uri={broker.uri}\npublish.confirm.timeout=5s\n"
+
+
+def stored(node, repository: str = "file://var/mail/out/") -> list[str]:
+    repo = RepositoryStore(str(node.var)).get(repository)
+    return sorted(repo.retrieve(key).content.decode().split("Subject: ")[1].split("\r\n")[0]
+                  for key in repo.keys())
+
+
+def send(node, n: int, start: int = 0) -> list[str]:
+    ids = []
+    with node.smtp() as s:
+        for i in range(start, start + n):
+            code, reply = s.sendmail("a@remote.example", ["u@local.test"], MESSAGE % (i, i)), None
+            assert code == {}
+            ids.append(str(i))
+    return ids
+
+
+@pytest.fixture
+def purge(broker):
+    """Each test starts with an empty spool queue."""
+    broker.ctl("purge_queue", "spool")
+    yield
+    broker.ctl("purge_queue", "spool")
+
+
+def test_mail_goes_through_the_broker_to_the_container(broker, purge, chainmail_factory):
+    node = chainmail_factory(files={"mailetcontainer.xml": container(),
+                                    "rabbitmq.properties": properties(broker)})
+    wait_for_log(node, r"spool worker\(s\) on queue 'spool'", 20)
+    sent = send(node, 5)
+    wait_for(lambda: stored(node) == sorted(sent), 20, "the five mails processed")
+    assert node.queued() == []   # nothing in the embedded spool
+    listed = broker.ctl("list_queues", "name", "messages")
+    assert "spool\t0" in listed.stdout
+
+
+def test_a_broker_that_is_gone_gets_451_and_nothing_is_kept(broker, purge, chainmail_factory):
+    node = chainmail_factory(files={"mailetcontainer.xml": container(),
+                                    "rabbitmq.properties": properties(broker)})
+    wait_for_log(node, r"spool worker\(s\) on queue 'spool'", 20)
+    send(node, 1, start=100)
+    wait_for(lambda: stored(node) == ["100"], 20, "the first mail processed")
+    broker.stop()
+    try:
+        wait_for_log(node, r"RabbitMQ connection lost", 20)
+        with node.smtp() as s:
+            s.ehlo()
+            s.mail("a@remote.example")
+            s.rcpt("u@local.test")
+            code, reply = s.data(MESSAGE % (101, 101))
+        assert (code, reply) == (451, b"4.3.0 Mail queue unavailable, try again later")
+    finally:
+        broker.start()
+    wait_for_log(node, r"RabbitMQ is back", 30)
+    wait_for(lambda: _accepts(node, 102), 20, "mail accepted again")
+    wait_for(lambda: stored(node) == ["100", "102"], 30, "the container consuming again")
+
+
+def _accepts(node, i: int) -> bool:
+    try:
+        send(node, 1, start=i)
+    except smtplib.SMTPDataError:
+        return False
+    return True
