@@ -1,0 +1,216 @@
+"""Two chainmail nodes on one RabbitMQ behind HAProxy, as one mail server.
+
+Each node is its own ``chainmail run`` (own ``var/``) with the same configuration: the
+spool on the broker (``rabbitmq.properties``), ``proxyRequired`` behind HAProxy's
+``send-proxy-v2``.  The container of each stores what it processes in its own repository;
+together they must hold every mail that got a ``250``.  Delivery is **at least once**:
+the tests count duplicates and report them (a node killed between processing a mail and
+acknowledging it leaves that mail to the other node, which processes it again)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import need, wait_for, wait_for_log
+from tests.integration.test_amqp_broker import RabbitMQ, rabbitmq_node
+from tests.integration.test_amqp_spool import container, queued, stored
+
+HAPROXY_CFG = """\
+global
+  maxconn 400
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  retries 3
+  option redispatch
+frontend smtp
+  bind 127.0.0.1:{port}
+  default_backend nodes
+backend nodes
+  balance roundrobin
+{servers}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[RabbitMQ]:
+    with rabbitmq_node() as server:
+        yield server
+
+
+class Cluster:
+    """Two nodes and HAProxy in front of them."""
+
+    def __init__(self, factory, broker: RabbitMQ, base, threads: int = 4) -> None:
+        files = {"mailetcontainer.xml": container(threads=threads),
+                 "rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n"}
+        self.nodes = [factory("<proxyRequired>true</proxyRequired>", files=files)
+                      for _ in range(2)]
+        for node in self.nodes:
+            wait_for_log(node, r"spool worker\(s\) on queue 'spool'", 20)
+        self.port = _free_port()
+        servers = "\n".join(f"  server n{i} 127.0.0.1:{node.port} send-proxy-v2"
+                            for i, node in enumerate(self.nodes))
+        cfg = base / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(port=self.port, servers=servers))
+        self.haproxy = subprocess.Popen([need("haproxy"), "-f", str(cfg), "-db"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._listening, 10, "HAProxy listening")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=15)
+
+    def delivered(self) -> collections.Counter:
+        """How many times each mail (by its Subject) was processed, over both nodes."""
+        counts: collections.Counter = collections.Counter()
+        for node in self.nodes:
+            counts.update(stored(node))
+        return counts
+
+    def close(self) -> None:
+        self.haproxy.terminate()
+        self.haproxy.wait(10)
+
+
+@pytest.fixture
+def cluster(broker, chainmail_factory, tmp_path) -> Iterator[Cluster]:
+    broker.ctl("purge_queue", "spool")
+    c = Cluster(chainmail_factory, broker, tmp_path)
+    yield c
+    c.close()
+
+
+def test_two_nodes_behind_haproxy_deliver_each_mail_once(cluster):
+    sent = []
+    for i in range(30):
+        with cluster.smtp() as s:
+            assert s.sendmail("a@remote.example", ["u@local.test"],
+                              f"Subject: m{i}\r\n\r\nbody\r\n") == {}
+            sent.append(f"m{i}")
+    counts = wait_for(lambda: (c := cluster.delivered()) and sum(c.values()) >= 30 and c,
+                      30, "every mail processed")
+    assert sorted(counts) == sorted(sent)
+    assert max(counts.values()) == 1, "no fault: exactly once"
+    # both nodes took connections, and both containers consumed the shared queue
+    for node in cluster.nodes:
+        assert "queued" in node.log
+        assert stored(node), "each node's container processed some of the mail"
+
+
+class TrackedLoad:
+    """Senders in threads, each mail on its own connection through HAProxy; remembers
+    which mails got a 250 (those must never be lost)."""
+
+    def __init__(self, cluster: Cluster, threads: int = 4) -> None:
+        self.cluster = cluster
+        self.accepted: list[str] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                         for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        for i in range(100_000):
+            if self._stop.is_set():
+                return
+            subject = f"t{n}-{i}"
+            try:
+                with self.cluster.smtp() as s:
+                    s.sendmail("a@remote.example", ["u@local.test"],
+                               f"Subject: {subject}\r\n\r\nbody\r\n")
+            except (smtplib.SMTPException, OSError):
+                with self._lock:
+                    self.refused += 1
+                time.sleep(0.01)
+                continue
+            with self._lock:
+                self.accepted.append(subject)
+
+    def __enter__(self) -> TrackedLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.accepted)
+
+
+def test_kill_9_of_a_node_under_load_loses_nothing_accepted(cluster):
+    source = need("smtp-source")
+    victim, survivor = cluster.nodes
+    background = subprocess.Popen(   # Postfix's load generator, through HAProxy too
+        [source, "-s", "4", "-m", "400", "-l", "2000", "-f", "load@remote.example",
+         "-t", "u@local.test", f"127.0.0.1:{cluster.port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with TrackedLoad(cluster) as load:
+            wait_for(lambda: load.count() >= 40, 30, "load flowing")
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            victim.proc.wait(10)
+            before = load.count()
+            wait_for(lambda: load.count() >= before + 40, 60, "the survivor taking the load")
+    finally:
+        background.wait(120)
+    accepted = set(load.accepted)
+    counts = wait_for(lambda: (c := cluster.delivered()) and accepted <= set(c) and c, 60,
+                      "every accepted mail processed by one node or the other")
+    duplicates = {s: n for s, n in counts.items() if n > 1 and s in accepted}
+    print(f"\naccepted {len(accepted)}, refused or cut {load.refused}, "
+          f"processed twice {len(duplicates)}")
+    # duplicates are allowed (at least once) but only for mail the victim held unacked
+    assert len(duplicates) <= 4 * 2
+    assert "queued" in survivor.log
+
+
+def test_a_broker_restart_loses_nothing_accepted(broker, chainmail_factory):
+    broker.ctl("purge_queue", "spool")
+    props = {"rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n"}
+    # a node that accepts but does not process (no spool workers): the mail waits in RabbitMQ
+    front = chainmail_factory(files={"mailetcontainer.xml": container(threads=0), **props})
+    wait_for_log(front, r"spool: queue 'spool'", 20)
+    accepted = []
+    with front.smtp() as s:
+        for i in range(20):
+            s.sendmail("a@remote.example", ["u@local.test"], f"Subject: r{i}\r\n\r\nb\r\n")
+            accepted.append(f"r{i}")
+    wait_for(lambda: queued(broker) == 20, 30, "the broker counting 20 messages")
+    broker.stop()
+    broker.start()
+    wait_for(lambda: queued(broker) == 20, 30, "20 messages after the restart")
+    wait_for_log(front, r"RabbitMQ is back", 30)
+    # another node's container takes them all
+    back = chainmail_factory(files={"mailetcontainer.xml": container(), **props})
+    wait_for(lambda: sorted(stored(back)) == sorted(accepted), 30,
+             "every accepted mail processed after the restart")
