@@ -193,6 +193,16 @@ async def _greeting(listener: Listener) -> bytes:
         await trio.aclose_forcefully(stream)
 
 
+def _broker(name: str, spool: Any) -> Callable[[], Awaitable[Check]]:
+    """The spool on RabbitMQ: its connection is open (mail is refused with 451 otherwise)."""
+    async def check() -> Check:
+        if spool.connected:
+            return Check(name, HEALTHY)
+        return Check(name, UNHEALTHY, f"not connected to {spool.describe()}: mail is "
+                                      "refused with 451 until it is back")
+    return check
+
+
 def _listener(listener: Listener) -> Callable[[], Awaitable[Check]]:
     name = listener.component
 
@@ -266,6 +276,8 @@ def _probes(*, var: str | None, spool: Any, database: str | None, mailboxes: str
     if root is not None:
         tmp = os.path.join(root, "tmp")
         probes["Spool"] = _writable("Spool", tmp if os.path.lexists(tmp) else root)
+    if hasattr(spool, "connected"):
+        probes["RabbitMQ"] = _broker("RabbitMQ", spool)
     if mailboxes is not None:
         # Not created until the first delivery: then whoever creates it must be able to.
         where = mailboxes if os.path.isdir(mailboxes) else os.path.dirname(mailboxes)
@@ -378,7 +390,7 @@ def _measure() -> list[Any]:
     """The spool's and outgoing queues' sizes and oldest ages (this process's view)."""
     families = []
     spool = _spool_of(list(_contexts))
-    if spool is not None:
+    if spool is not None and hasattr(spool, "ids"):   # the spool on RabbitMQ: the broker counts
         ids = spool.ids()
         size = metrics.gauge("chainmail_spool_messages", "messages in the spool")
         size.add_metric([], len(ids))

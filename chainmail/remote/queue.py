@@ -388,7 +388,7 @@ class OutgoingQueue:
                      outcome: Outcome) -> None:
         env = entry.envelope
         qid = queue_id(entry)
-        if entry.id not in self.spool.ids():
+        if self._removed_meanwhile(entry):
             # `chainmail queue remove` (another process) while it was being tried: removal wins
             log.info("%s: removed from the queue during its attempt; no retry, no bounce", qid)
             return
@@ -432,7 +432,14 @@ class OutgoingQueue:
                      outcome.remote_mta)
             if self.delivered is not None:
                 await self.delivered(Delivered(entry, content, list(outcome.delivered), outcome))
+        await self._finished(entry)
+
+    def _removed_meanwhile(self, entry: QueuedMessage) -> bool:
+        return entry.id not in self.spool.ids()
+
+    async def _finished(self, entry: QueuedMessage) -> None:
+        """The entry's outcome is durable: it leaves the queue."""
         try:
             await self.spool.aremove(entry.id)
         except KeyError:
-            log.info("%s: already removed from the outgoing queue", qid)
+            log.info("%s: already removed from the outgoing queue", queue_id(entry))

@@ -36,6 +36,7 @@ import functools
 import logging
 import os
 import time
+from typing import Any
 
 from chainmail.mailet.api import ATTR_ARRIVAL, ATTR_SENT_BY_MAILET, GHOST, GenericMailet, Mail
 from chainmail.mailet.dsn import status_of
@@ -123,9 +124,21 @@ class RemoteDelivery(GenericMailet):
         """Opened on first use, so that ``chainmail check-config`` creates nothing."""
         if self._queue is None:
             from chainmail.remote.pool import ConnectionPool
+            from chainmail.store.amqp import load_rabbitmq
             from chainmail.store.spool import DirectorySpool
-            self._queue = OutgoingQueue(
-                DirectorySpool(self.root), self.settings, self.dns, bounce=self._bounce,
+            rabbitmq = load_rabbitmq(self.context.conf_dir)
+            queue_class: type[OutgoingQueue] = OutgoingQueue
+            spool: Any = None
+            if rabbitmq is None:
+                spool = DirectorySpool(self.root)
+            else:   # shared by the nodes: outgoing.<name> on the broker (docs/cluster.md)
+                from chainmail.remote.broker_queue import BrokerOutgoingQueue
+                from chainmail.store.amqp.spool import BrokerSpool
+                spool = BrokerSpool(rabbitmq, os.path.join(self.root, "tmp"),
+                                    queue=f"outgoing.{self.settings.outgoing}")
+                queue_class = BrokerOutgoingQueue
+            self._queue = queue_class(
+                spool, self.settings, self.dns, bounce=self._bounce,
                 delivered=self._delivered, delayed=self._delayed, max_parallel=self.max_parallel,
                 per_destination=self.per_destination, pool=ConnectionPool(),
                 deliver_fn=functools.partial(deliver, tls_policy=self.tls_policy),

@@ -121,3 +121,43 @@ def _accepts(node, i: int) -> bool:
     except smtplib.SMTPDataError:
         return False
     return True
+
+
+def relay_container(port: int) -> str:
+    return f"""<mailetcontainer>
+  <context><postmaster>postmaster@local.test</postmaster></context>
+  <spooler><threads>2</threads></spooler>
+  <processors>
+    <processor state="root">
+      <mailet match="All" class="RemoteDelivery">
+        <outgoing>outgoing</outgoing>
+        <gateway>127.0.0.1</gateway>
+        <gatewayPort>{port}</gatewayPort>
+        <delayTime>1 s</delayTime>
+        <maxRetries>10</maxRetries>
+      </mailet>
+    </processor>
+    <processor state="error">
+      <mailet match="All" class="ToRepository"><repositoryPath>file://var/mail/error/</repositoryPath></mailet>
+    </processor>
+  </processors>
+</mailetcontainer>
+"""
+
+
+def test_outgoing_queue_on_the_broker_retries_through_a_delay_queue(broker, chainmail_factory):
+    from tests.integration.test_cluster import _free_port
+    port = _free_port()
+    sender = chainmail_factory(files={"mailetcontainer.xml": relay_container(port),
+                                      "rabbitmq.properties": properties(broker)})
+    wait_for_log(sender, r"outgoing queue outgoing on queue 'outgoing.outgoing'", 20)
+    with sender.smtp() as s:
+        assert s.sendmail("a@local.test", ["x@far.example"], MESSAGE % (7, 7)) == {}
+    wait_for_log(sender, r"retry 1 of 10", 20)
+    assert sender.queued() == []   # nothing kept in var/
+    # the next hop comes up: a later retry, taken from a delay queue, delivers
+    receiver = chainmail_factory(bind=f"127.0.0.1:{port}",
+                                 files={"mailetcontainer.xml": container()})
+    wait_for(lambda: stored(receiver) == ["7"], 30, "the retried mail at the next hop")
+    wait_for_log(sender, r"delivered to x@far\.example", 10)
+    wait_for(lambda: queued(broker, "outgoing.outgoing") == 0, 20, "an empty outgoing queue")
