@@ -47,6 +47,8 @@ def check_config(conf: str, var: str, *, strict: bool = False, out: TextIO | Non
         print(line, file=out)
     for line in _describe_postgres(conf, errors, warnings):
         print(line, file=out)
+    for line in _describe_rabbitmq(conf, errors, warnings):
+        print(line, file=out)
     for server in (*config.smtp_servers, *config.lmtp_servers):
         print(file=out)
         print(f"[{server.kind}server {server.name}] ({server.file}:{server.line})", file=out)
@@ -119,7 +121,7 @@ def _describe_webadmin(conf: str, var: str, config, errors: list[ConfigError]) -
 def _describe_postgres(conf: str, errors: list[ConfigError],
                        warnings: list[ConfigWarning]) -> list[str]:
     """Where the account stores are: ``postgres.properties`` read as ``chainmail run``
-    reads it (the database itself is not contacted here)."""
+    reads it, and the database reached once."""
     from .store.postgres.config import load_postgres
     try:
         pg = load_postgres(conf)
@@ -131,7 +133,76 @@ def _describe_postgres(conf: str, errors: list[ConfigError],
     warnings.extend(pg.warnings)
     return [f"account stores: PostgreSQL {pg.username}@{pg.host}:{pg.port}/{pg.name} "
             f"schema={pg.schema} pool={pg.pool_initial_size}..{pg.pool_max_size} "
-            f"ssl.mode={pg.ssl_mode}"]
+            f"ssl.mode={pg.ssl_mode}", _reach_postgres(pg, errors)]
+
+
+def _reach_postgres(pg, errors: list[ConfigError]) -> str:
+    """Connect once and compare the schema's migrations with this chainmail's."""
+    import psycopg
+
+    from .store.postgres.migrate import status
+    try:
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            unknown, pending = status(conn, pg.schema)
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        errors.append(ConfigError(pg.file, pg.line_of("database.host"), "database.host",
+                                  f"cannot reach PostgreSQL at {pg.describe()}: {reason}"))
+        return "  database: not reachable, see the errors"
+    if unknown:
+        errors.append(ConfigError(pg.file, None, "",
+                                  f"{pg.describe()}: schema has migration {unknown[-1]}, which "
+                                  "this chainmail does not know: upgrade chainmail"))
+        return "  database: reachable, schema newer than this chainmail"
+    if pending:
+        return (f"  database: reachable; migration(s) {', '.join(f'{v:04d}' for v in pending)} "
+                "will be applied at the next start")
+    return "  database: reachable, schema up to date"
+
+
+def _describe_rabbitmq(conf: str, errors: list[ConfigError],
+                       warnings: list[ConfigWarning]) -> list[str]:
+    """Where the spool and the outgoing queues are; the broker is connected to once."""
+    from .store.amqp import load_rabbitmq
+    try:
+        rabbitmq = load_rabbitmq(conf)
+    except ConfigError as exc:
+        errors.append(exc)
+        return ["queues: rabbitmq.properties not usable, see the errors"]
+    if rabbitmq is None:
+        return ["queues: embedded, in the var directory (no rabbitmq.properties)"]
+    warnings.extend(rabbitmq.warnings)
+    kind = "quorum" if rabbitmq.quorum_queues else "classic"
+    lines = [f"queues: RabbitMQ {rabbitmq.describe()} ({kind} queues): the spool and the "
+             "outgoing queues"]
+    import trio
+
+    from .store.amqp.broker import Broker, BrokerError
+
+    async def reach() -> None:
+        with trio.fail_after(rabbitmq.confirm_timeout + 1):
+            async with Broker.connect(rabbitmq):
+                pass
+    problem: str | None = None
+    try:
+        trio.run(reach)
+    except BaseException as exc:   # raised through the asyncio loop's nursery: maybe a group
+        first: BaseException = exc
+        while isinstance(first, BaseExceptionGroup) and first.exceptions:
+            first = first.exceptions[0]
+        if isinstance(first, trio.TooSlowError):
+            problem = "no answer in time"
+        elif isinstance(first, BrokerError):
+            problem = str(first)
+        else:
+            raise
+    if problem is not None:
+        errors.append(ConfigError(rabbitmq.file, rabbitmq.line_of("uri"), "uri",
+                                  f"cannot reach RabbitMQ: {problem}"))
+        lines.append("  broker: not reachable, see the errors")
+    else:
+        lines.append("  broker: reachable")
+    return lines
 
 
 def _open_tls(server, errors: list[ConfigError]) -> None:

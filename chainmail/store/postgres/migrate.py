@@ -84,3 +84,17 @@ def migrate(conn: Any, schema: str, migrations: Sequence[Migration] | None = Non
                          (each.version, each.name))
             done.append(each.version)
     return done
+
+
+def status(conn: Any, schema: str) -> tuple[list[int], list[int]]:
+    """Without changing anything: (versions applied in ``schema`` that this chainmail does
+    not know, versions it knows that are not applied yet).  For ``chainmail check-config``:
+    the first must be empty; the second is applied at the next start."""
+    known = {each.version for each in available()}
+    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)).fetchone()
+    applied: set[int] = set()
+    if row is not None and row[0] is not None:
+        from psycopg import sql
+        applied = {r[0] for r in conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations")
+                                              .format(sql.Identifier(schema)))}
+    return sorted(applied - known), sorted(known - applied)
