@@ -276,7 +276,11 @@ def _run(conf: str, var: str, grace_period: float, *, var_given: bool = True) ->
         return 2
     from . import metrics   # one scrape sums every process of this run (docs/webadmin.md)
     metrics.enable_multiprocess(os.path.join(var, "run", "metrics"))
-    _recover_spool(var)
+    try:
+        _recover_spool(var, conf)
+    except ConfigError as err:
+        print(f"chainmail: configuration error: {err}", file=sys.stderr)
+        return 2
     count = workers.worker_count(servers)
     if count == 1:
         return _serve(conf, var, config, grace_period)
@@ -408,14 +412,43 @@ def _missing_keystore(servers, conf: str) -> str | None:
     return None
 
 
-def _recover_spool(var: str) -> None:
-    """Once, before any server or worker starts: clean up after an interrupted run."""
+def _recover_spool(var: str, conf: str | None = None) -> None:
+    """Once, before any server or worker starts: clean up after an interrupted run.  With
+    the queues on RabbitMQ, mail still in the embedded ones is moved there."""
     import trio
     spool = _spool(var)
     removed = spool.recover()
     trio.run(spool.aclose)
     if removed:
         log.info("removed %d incomplete message(s) left in the spool by an interrupted run", removed)
+    from .store.amqp import load_rabbitmq
+    rabbitmq = load_rabbitmq(conf) if conf is not None else None
+    if rabbitmq is None:
+        return
+    from .remote.control import outgoing_queue_names, outgoing_root
+    from .store.amqp.broker import BrokerError
+    from .store.amqp.moving import move_to_broker
+    from .store.amqp.spool import SPOOL_QUEUE
+    spools = [(os.path.join(var, "spool"), SPOOL_QUEUE)]
+    spools += [(outgoing_root(var, name), f"outgoing.{name}")
+               for name in outgoing_queue_names(var)]
+    if not any(_has_mail(path) for path, _ in spools):
+        return
+    try:
+        trio.run(move_to_broker, rabbitmq, spools)
+    except BaseException as exc:   # through the asyncio loop's nursery: maybe a group
+        first: BaseException = exc
+        while isinstance(first, BaseExceptionGroup) and first.exceptions:
+            first = first.exceptions[0]
+        if not isinstance(first, BrokerError):
+            raise
+        log.error("mail queued in %s before RabbitMQ was configured stays there until a "
+                  "start that reaches the broker: %s", var, first)
+
+
+def _has_mail(path: str) -> bool:
+    from .store.spool import DirectorySpool
+    return os.path.isdir(path) and bool(DirectorySpool(path).ids())
 
 
 def _clear_worker(tables: list, count: int, index: int) -> None:

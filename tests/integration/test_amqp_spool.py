@@ -161,3 +161,23 @@ def test_outgoing_queue_on_the_broker_retries_through_a_delay_queue(broker, chai
     wait_for(lambda: stored(receiver) == ["7"], 30, "the retried mail at the next hop")
     wait_for_log(sender, r"delivered to x@far\.example", 10)
     wait_for(lambda: queued(broker, "outgoing.outgoing") == 0, 20, "an empty outgoing queue")
+
+
+def test_mail_in_the_embedded_spool_moves_to_the_broker_at_start(broker, purge,
+                                                                chainmail_factory):
+    from tests.conftest import ChainmailProcess
+    embedded = chainmail_factory(files={"mailetcontainer.xml": container(threads=0)})
+    send(embedded, 3, start=200)
+    assert len(embedded.queued()) == 3
+    embedded.stop()
+    conf = embedded.conf
+    (conf / "rabbitmq.properties").write_text(properties(broker))
+    (conf / "mailetcontainer.xml").write_text(container())
+    node = ChainmailProcess(conf, embedded.var)
+    try:
+        wait_for(lambda: stored(node) == ["200", "201", "202"], 30,
+                 "the moved mail processed from the broker")
+        assert node.queued() == []
+        assert "moved 3 queued message(s)" in node.log
+    finally:
+        node.stop()
