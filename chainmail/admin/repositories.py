@@ -1,11 +1,14 @@
 """Mail repositories (error, relay-denied ...): list, read, delete, reprocess.
 
 WebAdmin names a repository as James does, by its path without the scheme
-(``var/mail/error/`` for ``file://var/mail/error/``); the command line by its name under
-``<var>/mail`` (``error``).  Both forms, and the URL itself, find it."""
+(``var/mail/error/`` for ``file://var/mail/error/`` and for ``postgres://var/mail/error/``);
+the command line by its name under ``<var>/mail`` (``error``).  Both forms, and the URL
+itself, find it.  With ``conf``, the repositories kept in the PostgreSQL database of
+``conf/postgres.properties`` are found too."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from .errors import Invalid, NotFound
@@ -17,13 +20,31 @@ __all__ = ["store", "list_repositories", "find", "path_of", "mail", "stored", "r
 REPROCESSING = "mailRepository-reprocessing"
 
 
-def store(var: str) -> Any:
+_stores: dict[tuple[str, str | None], tuple[str | None, Any]] = {}
+_stores_lock = threading.Lock()
+
+
+def store(var: str, conf: str | None = None) -> Any:
+    """The repository store of ``var`` (and ``conf``): one per process, so that WebAdmin
+    keeps one database pool for its requests; a changed ``postgres.properties`` gets a new
+    one."""
     from ..mailet.repository import RepositoryStore
-    return RepositoryStore(var)
+    from ..store.postgres.config import load_postgres
+    config = load_postgres(conf) if conf is not None else None
+    where = f"{config.conninfo()} {config.schema}" if config is not None else None
+    with _stores_lock:
+        known = _stores.get((var, conf))
+        if known is not None and known[0] == where:
+            return known[1]
+        made = RepositoryStore(var, conf)
+        _stores[(var, conf)] = (where, made)
+    if known is not None:
+        known[1].close()
+    return made
 
 
-def list_repositories(var: str) -> list[Any]:
-    return store(var).list()
+def list_repositories(var: str, conf: str | None = None) -> list[Any]:
+    return store(var, conf).list()
 
 
 def path_of(repo: Any) -> str:
@@ -33,14 +54,15 @@ def path_of(repo: Any) -> str:
     return rest if sep else url
 
 
-def find(var: str, name: str) -> Any:
+def find(var: str, name: str, conf: str | None = None) -> Any:
     """The repository ``name`` (James's path, URL, name under ``<var>/mail`` or directory);
     ``NotFound`` naming the repositories there are."""
-    repos = store(var)
+    repos = store(var, conf)
     text = name.strip()
     candidates = [text]
     if text.startswith("var/") or text == "var":
-        candidates.insert(0, "file://" + text)
+        candidates[:0] = ["file://" + text] + (
+            ["postgres://" + text] if repos.postgres is not None else [])
     found = None
     for candidate in candidates:
         try:

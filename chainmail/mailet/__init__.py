@@ -37,6 +37,8 @@ class Container:
     def close(self) -> None:
         self.engine.destroy()
         self.mailboxes.close()
+        if self.context.repositories is not None:
+            self.context.repositories.close()
 
 
 def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: Any, rrt: Any,
@@ -54,16 +56,19 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
     servers = list(servers)
     smtp = [s for s in servers if getattr(s, "kind", "smtp") == "smtp"]
     hostname = smtp[0].hello_name if smtp else None
+    conf_dir = conf if conf is not None else os.path.dirname(config.file or "") or "conf"
     mailboxes = MaildirStore(os.path.join(var, "mail"), os.path.join(var, "chainmail.db"))
+    repositories = None
     try:
+        # postgres:// and cassandra:// repositories in PostgreSQL with postgres.properties
+        repositories = RepositoryStore(var, conf_dir)
         context = ContainerContext(
             domains=domains, users=users, rrt=rrt, mailboxes=mailboxes,
-            repositories=RepositoryStore(var), spool=spool, postmaster=_postmaster(config, domains),
+            repositories=repositories, spool=spool, postmaster=_postmaster(config, domains),
             hostname=hostname,
             auth_networks={s.name: s.authorized_addresses for s in servers
                            if getattr(s, "authorized_addresses", None) is not None},
-            conf_dir=conf if conf is not None else os.path.dirname(config.file or "") or "conf",
-            var_dir=var, states=config.states)
+            conf_dir=conf_dir, var_dir=var, states=config.states)
         engine = build_engine(config, context)
         spooler_class = MailSpooler
         from chainmail.store.amqp.spool import BrokerSpool
@@ -75,6 +80,8 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
                               poll_interval=poll_interval or POLL_INTERVAL)
     except BaseException:
         mailboxes.close()
+        if repositories is not None:
+            repositories.close()
         raise
     return Container(config, context, engine, spooler, mailboxes)
 

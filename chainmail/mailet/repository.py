@@ -1,9 +1,12 @@
 """Mail repositories: where the container parks mail (error, relay-denied, address-error ...).
 
-James names a repository by URL (``file://var/mail/error/``).  chainmail keeps every
-repository as a directory, whatever the scheme (``file``, ``memory``, ``cassandra`` ...): the
-path after ``://`` is relative to the state directory with its leading ``var/`` removed
+James names a repository by URL (``file://var/mail/error/``).  chainmail keeps a repository
+as a directory, whatever the scheme (``file``, ``memory``, ``cassandra`` ...): the path after
+``://`` is relative to the state directory with its leading ``var/`` removed
 (``file://var/mail/error/`` -> ``<var>/mail/error``), or absolute (``file:///srv/x``).
+When ``conf/postgres.properties`` exists, the ``postgres`` and ``cassandra`` schemes (James's
+postgres and distributed apps) are kept in that database instead, shared by every node of a
+cluster (:mod:`chainmail.store.postgres.repository`); ``file://`` stays a directory.
 
 A repository directory holds one file per mail, named by its key (sortable by time)::
 
@@ -18,24 +21,36 @@ records the URL.  Every method blocks: call it from a worker thread.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chainmail.store.durable import sync_dir as _fsync_dir
 
 from .api import Mail
 
-__all__ = ["MailRepository", "RepositoryStore", "StoredMail", "repository_path"]
+if TYPE_CHECKING:
+    from chainmail.store.postgres.repository import PostgresRepositories
+
+__all__ = ["DirectoryRepository", "MailRepository", "RepositoryStore", "StoredMail",
+           "POSTGRES_SCHEMES", "new_key", "envelope", "mail_from_envelope", "repository_path"]
+
+log = logging.getLogger("chainmail.mailet.repository")
 
 MARKER = ".repository"
+#: the schemes kept in PostgreSQL when ``conf/postgres.properties`` exists (James's postgres
+#: app, and its distributed app's ``cassandra://`` so that its configuration works unchanged)
+POSTGRES_SCHEMES = ("postgres", "cassandra")
 _KEY_RE = re.compile(r"[0-9a-f]{12}-[0-9a-f]{16}")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 def repository_path(url: str, var_dir: str) -> str:
@@ -57,6 +72,38 @@ def repository_path(url: str, var_dir: str) -> str:
     return path
 
 
+def scheme_of(url: str) -> str:
+    """The lower-cased scheme of ``url`` (``""`` without one)."""
+    scheme, sep, _ = url.strip().partition("://")
+    return scheme.lower() if sep else ""
+
+
+def new_key() -> str:
+    """A new mail key: milliseconds then randomness, so keys sort by storing time."""
+    return f"{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
+
+
+def envelope(mail: Mail) -> dict[str, Any]:
+    """What a repository keeps of ``mail`` besides its content."""
+    return {
+        "name": mail.name, "sender": mail.sender, "recipients": list(mail.recipients),
+        "state": mail.state, "error_message": mail.error_message,
+        "attributes": mail.attributes, "mail_params": mail.mail_params,
+        "rcpt_params": mail.rcpt_params, "stored_at": time.time(),
+        "queued_at": mail.queued_at, "error_count": mail.error_count,
+    }
+
+
+def mail_from_envelope(doc: dict[str, Any], content: bytes, key: str) -> Mail:
+    """The mail an :func:`envelope` and its content describe."""
+    return Mail(doc.get("name") or key, doc.get("sender") or "", doc.get("recipients") or (),
+                content, state=doc.get("state") or "root",
+                attributes=doc.get("attributes") or {}, error_message=doc.get("error_message"),
+                mail_params=doc.get("mail_params"), rcpt_params=doc.get("rcpt_params"),
+                queued_at=float(doc.get("queued_at") or 0),
+                error_count=int(doc.get("error_count") or 0))
+
+
 @dataclass(frozen=True)
 class StoredMail:
     """A mail in a repository, as listed: its key and envelope, without the content."""
@@ -73,7 +120,47 @@ class StoredMail:
 
 
 class MailRepository:
+    """What every repository offers, wherever it keeps its mail: a directory
+    (:class:`DirectoryRepository`) or PostgreSQL
+    (:class:`chainmail.store.postgres.repository.PostgresMailRepository`).  Every method
+    blocks."""
+
+    url: str
+    #: the directory of a directory repository; ``None`` for one kept in a database
+    path: str | None = None
+
+    def store(self, mail: Mail) -> str:
+        """Durably store ``mail`` (it survives a crash once this returns); return its key."""
+        raise NotImplementedError
+
+    def remove(self, key: str) -> bool:
+        """Delete one mail; ``False`` if it was not there."""
+        raise NotImplementedError
+
+    def keys(self) -> list[str]:
+        """The keys of the mails, oldest first."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def info(self, key: str) -> StoredMail:
+        """One mail's listing entry; ``KeyError`` if absent."""
+        raise NotImplementedError
+
+    def list(self) -> list[StoredMail]:
+        """Every mail's listing entry, oldest first."""
+        raise NotImplementedError
+
+    def retrieve(self, key: str) -> Mail:
+        """One mail with its content; ``KeyError`` if absent."""
+        raise NotImplementedError
+
+
+class DirectoryRepository(MailRepository):
     """One repository directory."""
+
+    path: str
 
     def __init__(self, path: str, url: str = "") -> None:
         self.path = os.path.abspath(path)
@@ -103,15 +190,9 @@ class MailRepository:
     def store(self, mail: Mail) -> str:
         """Durably store ``mail``; return its key."""
         self._prepare()
-        key = f"{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
-        doc = {
-            "name": mail.name, "sender": mail.sender, "recipients": list(mail.recipients),
-            "state": mail.state, "error_message": mail.error_message,
-            "attributes": mail.attributes, "mail_params": mail.mail_params,
-            "rcpt_params": mail.rcpt_params, "stored_at": time.time(),
-            "queued_at": mail.queued_at, "error_count": mail.error_count,
-        }
-        head = json.dumps(doc, ensure_ascii=True, separators=(",", ":"), default=str).encode() + b"\n"
+        key = new_key()
+        head = json.dumps(envelope(mail), ensure_ascii=True, separators=(",", ":"),
+                          default=str).encode() + b"\n"
         tmp = os.path.join(self.path, ".tmp", key)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
         try:
@@ -151,9 +232,6 @@ class MailRepository:
         except FileNotFoundError:
             return []
 
-    def __len__(self) -> int:
-        return len(self.keys())
-
     def _read(self, key: str, with_content: bool) -> tuple[dict, bytes, int]:
         if not _KEY_RE.fullmatch(key):
             raise KeyError(key)
@@ -188,15 +266,10 @@ class MailRepository:
 
     def retrieve(self, key: str) -> Mail:
         doc, content, _ = self._read(key, True)
-        return Mail(doc.get("name") or key, doc.get("sender", ""), doc.get("recipients", ()),
-                    content, state=doc.get("state") or "root",
-                    attributes=doc.get("attributes", {}), error_message=doc.get("error_message"),
-                    mail_params=doc.get("mail_params"), rcpt_params=doc.get("rcpt_params"),
-                    queued_at=float(doc.get("queued_at") or 0),
-                    error_count=int(doc.get("error_count") or 0))
+        return mail_from_envelope(doc, content, key)
 
     def __repr__(self) -> str:
-        return f"<MailRepository {self.url} at {self.path}>"
+        return f"<DirectoryRepository {self.url} at {self.path}>"
 
 
 def _unlink(path: str) -> None:
@@ -207,58 +280,112 @@ def _unlink(path: str) -> None:
 
 
 class RepositoryStore:
-    """Every repository of one state directory, by URL or by name."""
+    """Every repository of one state directory, by URL or by name.
 
-    def __init__(self, var_dir: str) -> None:
+    With ``conf`` (the configuration directory), a ``conf/postgres.properties`` there puts
+    the ``postgres://`` and ``cassandra://`` repositories in that database (``ConfigError``
+    here for a bad file; the database is connected on first use).  :meth:`close` lets the
+    database go."""
+
+    def __init__(self, var_dir: str, conf: str | None = None) -> None:
         self.var_dir = os.path.abspath(var_dir)
         self.mail_dir = os.path.join(self.var_dir, "mail")
+        self.conf = conf
         self._repos: dict[str, MailRepository] = {}
         self._lock = threading.Lock()
+        self.postgres: PostgresRepositories | None = None
+        if conf is not None:
+            from chainmail.store.postgres.config import load_postgres
+            config = load_postgres(conf)
+            if config is not None:
+                from chainmail.store.postgres.repository import PostgresRepositories
+                self.postgres = PostgresRepositories(config)
+
+    def _in_database(self, url: str) -> bool:
+        """Is ``url`` kept in PostgreSQL (else: a directory)?"""
+        if scheme_of(url) not in POSTGRES_SCHEMES:
+            return False
+        if self.postgres is not None:
+            return True
+        if scheme_of(url) == "postgres":
+            _warn_once(url, self.var_dir, self.conf)
+        return False
 
     def get(self, url: str) -> MailRepository:
         """The repository ``url`` (created on first store)."""
+        if self._in_database(url):
+            assert self.postgres is not None
+            return self.postgres.get(url)
         path = repository_path(url, self.var_dir)
         with self._lock:
             repo = self._repos.get(path)
             if repo is None:
-                repo = self._repos[path] = MailRepository(path, url.strip())
+                repo = self._repos[path] = DirectoryRepository(path, url.strip())
             return repo
 
     def name_of(self, repo: MailRepository) -> str:
+        """The short name of ``repo``: its path under ``<var>/mail`` (``error``), or, for a
+        repository in the database, the same part of its URL."""
+        if repo.path is None:
+            from chainmail.store.postgres.repository import name_of
+            return name_of(repo.url)
         rel = os.path.relpath(repo.path, self.mail_dir)
         return repo.path if rel.startswith("..") else rel
 
     def list(self) -> list[MailRepository]:
-        """The repositories under ``<var>/mail`` (directories holding a ``.repository`` file)."""
+        """The repositories under ``<var>/mail`` (directories holding a ``.repository`` file),
+        then those in the database."""
         out: list[MailRepository] = []
-        if not os.path.isdir(self.mail_dir):
-            return out
-        for dirpath, dirnames, filenames in os.walk(self.mail_dir):
-            dirnames[:] = sorted(d for d in dirnames if "@" not in d and not d.startswith("."))
-            if MARKER in filenames:
-                try:
-                    with open(os.path.join(dirpath, MARKER), encoding="utf-8") as fh:
-                        url = fh.readline().strip()
-                except OSError:
-                    url = ""
-                out.append(MailRepository(dirpath, url))
-                dirnames[:] = []
+        if os.path.isdir(self.mail_dir):
+            for dirpath, dirnames, filenames in os.walk(self.mail_dir):
+                dirnames[:] = sorted(d for d in dirnames if "@" not in d and not d.startswith("."))
+                if MARKER in filenames:
+                    out.append(DirectoryRepository(dirpath, _marker_url(dirpath)))
+                    dirnames[:] = []
+        if self.postgres is not None:
+            out.extend(self.postgres.list())
         return out
 
     def find(self, name: str) -> MailRepository | None:
         """A repository by name (``error``, ``relay-denied``: the path under ``<var>/mail``),
-        by URL, or by path; ``None`` if there is no such repository."""
-        if "://" in name:
-            path = repository_path(name, self.var_dir)
-        elif os.path.isabs(name):
-            path = os.path.normpath(name)
+        by URL, or by path; ``None`` if there is no such repository.  A name that is no
+        directory is looked for in the database too."""
+        text = name.strip()
+        if "://" in text:
+            if self._in_database(text):
+                assert self.postgres is not None
+                return self.postgres.find(text)
+            path = repository_path(text, self.var_dir)
+        elif os.path.isabs(text):
+            path = os.path.normpath(text)
         else:
-            path = os.path.normpath(os.path.join(self.mail_dir, name.strip("/")))
-        if not os.path.isfile(os.path.join(path, MARKER)):
-            return None
-        try:
-            with open(os.path.join(path, MARKER), encoding="utf-8") as fh:
-                url = fh.readline().strip()
-        except OSError:
-            url = ""
-        return MailRepository(path, url)
+            path = os.path.normpath(os.path.join(self.mail_dir, text.strip("/")))
+        if os.path.isfile(os.path.join(path, MARKER)):
+            return DirectoryRepository(path, _marker_url(path))
+        if self.postgres is not None and "://" not in text and not os.path.isabs(text):
+            return self.postgres.find(f"postgres://var/mail/{text.strip('/')}/")
+        return None
+
+    def close(self) -> None:
+        """Let the database go (directory repositories need nothing)."""
+        if self.postgres is not None:
+            self.postgres.close()
+
+
+def _marker_url(path: str) -> str:
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as fh:
+            return fh.readline().strip()
+    except OSError:
+        return ""
+
+
+def _warn_once(url: str, var_dir: str, conf: str | None) -> None:
+    with _warned_lock:
+        if url in _warned:
+            return
+        _warned.add(url)
+    where = (f"there is no {os.path.join(conf, 'postgres.properties')}" if conf is not None
+             else "no PostgreSQL configuration was given")
+    log.warning("repository %s is kept as the directory %s: %s", url,
+                repository_path(url, var_dir), where)

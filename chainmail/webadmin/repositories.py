@@ -52,23 +52,23 @@ def _number(req: Request, name: str, minimum: int) -> int | None:
     return int(text)
 
 
-def add_routes(router: Router, var: str, tasks: TaskRegistry) -> None:
+def add_routes(router: Router, var: str, tasks: TaskRegistry, conf: str | None = None) -> None:
     def list_repositories(req: Request) -> Response:
-        return json_response([_describe(r) for r in ops.list_repositories(var)])
+        return json_response([_describe(r) for r in ops.list_repositories(var, conf)])
 
     def details(req: Request, path: str) -> Response:
-        repo = ops.find(var, path)
+        repo = ops.find(var, path, conf)
         return json_response({**_describe(repo), "size": len(repo)})
 
     def keys(req: Request, path: str) -> Response:
-        repo = ops.find(var, path)
+        repo = ops.find(var, path, conf)
         offset = _number(req, "offset", 0) or 0
         limit = _number(req, "limit", 1)
         listed = repo.keys()[offset:]
         return json_response(listed if limit is None else listed[:limit])
 
     def mail(req: Request, path: str, key: str) -> Response:
-        repo = ops.find(var, path)
+        repo = ops.find(var, path, conf)
         item = ops.mail(repo, key)
         if "message/rfc822" in req.headers.get("accept", ""):
             return Response(200, item.content, "message/rfc822")
@@ -96,11 +96,11 @@ def add_routes(router: Router, var: str, tasks: TaskRegistry) -> None:
         return json_response(body)
 
     def delete_mail(req: Request, path: str, key: str) -> Response:
-        ops.remove(ops.find(var, path), [key])
+        ops.remove(ops.find(var, path, conf), [key])
         return no_content()
 
     def clear(req: Request, path: str) -> Response:
-        repo = ops.find(var, path)
+        repo = ops.find(var, path, conf)
 
         def work() -> dict:
             before = repo.keys()
@@ -121,7 +121,7 @@ def add_routes(router: Router, var: str, tasks: TaskRegistry) -> None:
         return processor
 
     def reprocess_all(req: Request, path: str) -> Response:
-        repo = ops.find(var, path)
+        repo = ops.find(var, path, conf)
         processor = reprocess_args(req)
         limit = _number(req, "limit", 1)
 
@@ -138,7 +138,7 @@ def add_routes(router: Router, var: str, tasks: TaskRegistry) -> None:
         return tasks.run("reprocessing-all", work)
 
     def reprocess_one(req: Request, path: str, key: str) -> Response:
-        repo = ops.find(var, path)
+        repo = ops.find(var, path, conf)
         processor = reprocess_args(req)
         ops.stored(repo, key)
 

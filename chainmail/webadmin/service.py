@@ -77,7 +77,7 @@ class WebAdminService:
         users.add_routes(router, self.stores)
         address.add_routes(router, self.stores)
         queues.add_routes(router, var, self.tasks)
-        repositories.add_routes(router, var, self.tasks)
+        repositories.add_routes(router, var, self.tasks, conf)
         tasks.add_routes(router, self.tasks)
         system.add_routes(router, conf, var)
 
