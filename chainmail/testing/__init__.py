@@ -12,7 +12,9 @@ The kit (also as pytest fixtures, registered through the ``pytest11`` entry poin
 - :class:`MailetHarness` (fixture ``mailet_harness``): mailets, matchers and processors on
   a :class:`Mail`, with temporary stores;
 - :class:`ChainmailServer` (fixture ``chainmail_server``): a real ``chainmail run`` on a
-  free loopback port, with a :class:`FakeDns` (fixture ``fake_dns``).
+  free loopback port, with a :class:`FakeDns` (fixture ``fake_dns``);
+- :func:`rabbitmq_node`: a throwaway RabbitMQ node of the test's own (Debian's
+  ``rabbitmq-server``) for the queues on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ _EXPORTS = {
     "parse_reply": "chainmail.testing.driver", "MailetHarness": "chainmail.testing.harness",
     "MailetRun": "chainmail.testing.harness", "Processed": "chainmail.testing.harness",
     "ChainmailServer": "chainmail.testing.server", "SHIPPED": "chainmail.testing.server",
-    "FakeDns": "chainmail.testing.fakedns", "LocalStores": "chainmail.testing.stores",
+    "FakeDns": "chainmail.testing.fakedns", "rabbitmq_node": "chainmail.testing.rabbitmq",
+    "RabbitMQ": "chainmail.testing.rabbitmq", "LocalStores": "chainmail.testing.stores",
     "Spooled": "chainmail.testing.stores",
 }
 
@@ -55,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .driver import SessionClosed, SessionDriver, parse_reply
     from .fakedns import FakeDns
+    from .rabbitmq import RabbitMQ, rabbitmq_node
     from .harness import MailetHarness, MailetRun, Processed
     from .server import SHIPPED, ChainmailServer
     from .stores import LocalStores, Spooled

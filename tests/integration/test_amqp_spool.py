@@ -14,7 +14,7 @@ import pytest
 
 from chainmail.mailet.repository import RepositoryStore
 from tests.conftest import wait_for, wait_for_log
-from tests.integration.test_amqp_broker import RabbitMQ, rabbitmq_node
+from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
 
 MESSAGE = b"From: a@remote.example\r\nSubject: %d\r\n\r\nbody %d\r\n"
 

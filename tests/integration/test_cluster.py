@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import need, wait_for, wait_for_log
-from tests.integration.test_amqp_broker import RabbitMQ, rabbitmq_node
+from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
 from tests.integration.test_amqp_spool import container, queued, stored
 
 HAPROXY_CFG = """\
