@@ -532,11 +532,11 @@ def _generation(conf: str, var: str, config, spool, *, worker: int | None, bound
         rrt = backend.rrt()
         gen.closers.append(rrt.close)
         contexts = _contexts(config, domains, spool, users, rrt)
-        container = _container(conf, var, config, spool, domains, users, rrt)
+        container = _container(conf, var, config, spool, domains, users, rrt, backend)
         if container is None:
             _require_container(contexts, conf)
             from .store.mailbox import MaildirStore
-            mailboxes = MaildirStore(os.path.join(var, "mail"), db)
+            mailboxes = MaildirStore(os.path.join(var, "mail"), db, quotas=backend.quotas())
             gen.closers.append(mailboxes.close)
         else:
             mailboxes = container.mailboxes
@@ -643,7 +643,7 @@ def _require_container(contexts, conf: str) -> None:
                                   "does not exist")
 
 
-def _container(conf: str, var: str, config, spool, domains, users, rrt):
+def _container(conf: str, var: str, config, spool, domains, users, rrt, backend=None):
     """The mailet container of ``conf/mailetcontainer.xml``; None (mail stays spooled) without it."""
     from .mailet import build_container
     from .mailet.config import FILE, load_mailetcontainer
@@ -656,7 +656,7 @@ def _container(conf: str, var: str, config, spool, domains, users, rrt):
     for warning in mc.warnings:
         log.warning("%s", warning)
     return build_container(mc, var=var, spool=spool, domains=domains, users=users, rrt=rrt,
-                           servers=config.servers, conf=conf)
+                           servers=config.servers, conf=conf, backend=backend)
 
 
 def _check_config(conf: str, var: str, strict: bool = False) -> int:

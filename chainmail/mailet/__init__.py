@@ -43,9 +43,11 @@ class Container:
 
 def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: Any, rrt: Any,
                     servers: Any = (), poll_interval: float | None = None,
-                    conf: str | None = None) -> Container:
+                    conf: str | None = None, backend: Any = None) -> Container:
     """Build the context, the engine (every matcher and mailet resolved and initialised:
-    configuration errors are raised here, before the server starts) and the spooler."""
+    configuration errors are raised here, before the server starts) and the spooler.
+    ``backend`` (``chainmail.store.backends``) gives the mailbox quotas, else
+    ``var/chainmail.db`` does."""
     from chainmail.store.mailbox import MaildirStore
 
     from .context import ContainerContext
@@ -57,7 +59,8 @@ def build_container(config: Any, *, var: str, spool: Any, domains: Any, users: A
     smtp = [s for s in servers if getattr(s, "kind", "smtp") == "smtp"]
     hostname = smtp[0].hello_name if smtp else None
     conf_dir = conf if conf is not None else os.path.dirname(config.file or "") or "conf"
-    mailboxes = MaildirStore(os.path.join(var, "mail"), os.path.join(var, "chainmail.db"))
+    mailboxes = MaildirStore(os.path.join(var, "mail"), os.path.join(var, "chainmail.db"),
+                             quotas=backend.quotas() if backend is not None else None)
     repositories = None
     try:
         # postgres:// and cassandra:// repositories in PostgreSQL with postgres.properties

@@ -43,7 +43,11 @@ def describe_container(conf: str, var: str, errors: list | None = None,
     if config is None:
         return ["", f"[mailetcontainer] {path} not found: accepted mail stays in the spool"]
     found: list = []
-    engine = build_engine(config, MailetContext(repositories=RepositoryStore(var),
+    try:
+        repositories = RepositoryStore(var, conf)
+    except ConfigError:   # a bad postgres.properties: check-config reports it on its own
+        repositories = RepositoryStore(var)
+    engine = build_engine(config, MailetContext(repositories=repositories,
                                                 postmaster=config.postmaster, conf_dir=conf,
                                                 var_dir=var, states=config.states),
                          errors=errors, warnings=found)
@@ -105,9 +109,16 @@ def add_subcommands(sub, common) -> None:
 
 def run(args, conf: str, var: str) -> int:
     if args.command == "quota":
-        return _quota(args, var)
+        return _quota(args, conf, var)
     from .repository import RepositoryStore
-    store = RepositoryStore(var)
+    store = RepositoryStore(var, conf)   # with postgres.properties: postgres:// in PostgreSQL
+    try:
+        return _repository(args, store, var)
+    finally:
+        store.close()
+
+
+def _repository(args, store, var: str) -> int:
     if args.action == "list":
         repos = store.list()
         print(f"{'NAME':<28} {'MAILS':>6}  URL")
@@ -185,10 +196,14 @@ def _reprocess(repo, keys: list[str], state: str, var: str) -> int:
     return 1 if failures else 0
 
 
-def _quota(args, var: str) -> int:
+def _quota(args, conf: str, var: str) -> int:
+    """Quotas where the server reads them (``var/chainmail.db``, or PostgreSQL with
+    ``conf/postgres.properties``); usage from the Maildirs of ``var/mail``."""
     from chainmail.config.size import parse_size
+    from chainmail.store.backends import open_backend
     from chainmail.store.mailbox import MaildirStore
-    store = MaildirStore(os.path.join(var, "mail"), os.path.join(var, "chainmail.db"))
+    store = MaildirStore(os.path.join(var, "mail"),
+                         quotas=open_backend(conf, var).quotas(refresh_interval=0))
     try:
         if args.action == "list":
             quotas = store.quotas()

@@ -1,15 +1,20 @@
 """Where the domains, users and recipient rewrite table live: the one place that decides.
 
 The embedded default is SQLite in ``<var>/chainmail.db`` and needs nothing.  When
-``<conf>/postgres.properties`` exists, as in James's postgres app, the three stores are
-in that PostgreSQL database instead, shared by every process and every server that
-points at it (the other stores: quotas, Sieve, vacations, filters, greylisting, the
-spool and mail repositories stay in ``var/``).
+``<conf>/postgres.properties`` exists, as in James's postgres app, these stores are in
+that PostgreSQL database instead, shared by every process and every server that points
+at it: the domains, users and recipient rewrite table, the mailbox quotas and the
+greylisting triplets (the other stores: Sieve, vacations, filters, the spool and mail
+repositories stay in ``var/``).
 
     backend = open_backend(conf, var)
     domains = backend.domains(default_domain=...)
     users = backend.users(domains=domains)
     rrt = backend.rrt()
+    mailboxes = MaildirStore(os.path.join(var, "mail"), quotas=backend.quotas())
+
+Greylisting's embedded table belongs to its handler (``plugins/smtp/greylist.py``):
+:meth:`PostgresBackend.greylist` exists only on the shared side.
 
 Each store is closed by its caller as before; a PostgreSQL backend's pool closes with the
 last of its stores.
@@ -20,9 +25,15 @@ from __future__ import annotations
 import logging
 import os
 
+from typing import TYPE_CHECKING
+
 from .domains import DomainStore
 from .rrt import RecipientRewriteTable
 from .users import UsersRepository
+
+if TYPE_CHECKING:
+    from .mailbox import QuotaTable
+    from .postgres.greylist import PostgresGreylist
 
 __all__ = ["PostgresBackend", "SqliteBackend", "open_backend"]
 
@@ -53,6 +64,12 @@ class SqliteBackend:
         return RecipientRewriteTable(self.db, max_depth=max_depth,
                                      refresh_interval=refresh_interval)
 
+    def quotas(self, *, refresh_interval: float = 1.0) -> QuotaTable:
+        """The ``mailbox_quota`` table of ``chainmail.db`` (re-read when the file changed:
+        ``refresh_interval`` does not apply)."""
+        from .mailbox import SqliteQuotas
+        return SqliteQuotas(self.db)
+
 
 class PostgresBackend:
     """The stores in the database of ``postgres.properties``, over one pool per backend."""
@@ -82,6 +99,15 @@ class PostgresBackend:
         from .postgres.rrt import PostgresRecipientRewriteTable
         return PostgresRecipientRewriteTable(self.database, max_depth=max_depth,
                                              refresh_interval=refresh_interval)
+
+    def quotas(self, *, refresh_interval: float = 1.0) -> QuotaTable:
+        from .postgres.quotas import PostgresQuotas
+        return PostgresQuotas(self.database, refresh_interval=refresh_interval)
+
+    def greylist(self) -> PostgresGreylist:
+        """The greylisting triplets, asked per RCPT."""
+        from .postgres.greylist import PostgresGreylist
+        return PostgresGreylist(self.database)
 
 
 def open_backend(conf: str | os.PathLike[str],

@@ -21,8 +21,9 @@ cost one directory fsync per mailbox, not one per message.  From trio,
 groups (group commit: whoever finds no group in flight writes everything queued).  No lock
 is held across a write or an fsync: Maildir's ``tmp/`` + rename needs none.
 
-Quota (optional, per user) lives in the ``mailbox_quota`` table of the shared SQLite
-database.  A delivery that would take a user past the quota raises
+Quota (optional, per user) lives in a :class:`QuotaTable`: the ``mailbox_quota`` table of
+the shared SQLite database (:class:`SqliteQuotas`), or of PostgreSQL when the nodes of a
+cluster share it (``chainmail.store.backends`` chooses).  A delivery that would take a user past the quota raises
 :class:`QuotaExceededError`.  The check counts ``new/``, ``cur/`` and the deliveries still
 in ``tmp/`` (their names carry their size too), and creates the delivery's own ``tmp/``
 file under an ``flock`` of the Maildir, so the check is exact across threads and processes
@@ -60,8 +61,8 @@ from chainmail.store.durable import sync_dir as _fsync_dir
 if TYPE_CHECKING:   # imported where used: the CLI's stores do not load trio
     import trio
 
-__all__ = ["MailboxStore", "MaildirStore", "QuotaExceededError", "MailboxError",
-           "maildir_name_for", "maildir_folder_for", "user_key", "INBOX"]
+__all__ = ["MailboxStore", "MaildirStore", "QuotaExceededError", "MailboxError", "QuotaTable",
+           "SqliteQuotas", "maildir_name_for", "maildir_folder_for", "user_key", "INBOX"]
 
 COMPONENT = "mailbox"
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -192,6 +193,84 @@ def _makedirs_durable(path: str, mode: int = 0o700) -> None:
     _fsync_dir(parent)
 
 
+class QuotaTable(abc.ABC):
+    """Where the quotas are: per user (in the form of :func:`user_key`), in bytes.
+    Thread-safe and blocking; :meth:`current` is asked once per delivery group, so it is
+    answered from a copy refreshed when the table changed."""
+
+    @abc.abstractmethod
+    def current(self) -> dict[str, int]:
+        """Every quota, as recently as the table allows cheaply (never to be modified)."""
+
+    @abc.abstractmethod
+    def get(self, user: str) -> int | None:
+        """The quota of ``user`` as stored now, ``None`` when unlimited."""
+
+    @abc.abstractmethod
+    def set(self, user: str, max_bytes: int | None) -> None:
+        """Set (or with ``None`` remove) the quota of ``user`` (``max_bytes`` >= 0)."""
+
+    @abc.abstractmethod
+    def all(self) -> dict[str, int]:
+        """Every quota as stored now, by user."""
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteQuotas(QuotaTable):
+    """The ``mailbox_quota`` table of ``<var>/chainmail.db`` (one node, its processes)."""
+
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self._db_lock = threading.Lock()
+        self._quotas: dict[str, int] | None = None   # cached table, with its data_version
+        self._quota_version: int | None = None
+        self._conn: Any = _sqlite.open_migrated(db_path, COMPONENT, MIGRATIONS)
+
+    def current(self) -> dict[str, int]:
+        """The quota table, read again only when the database changed (another process
+        ran ``chainmail quota set``): one cheap query per delivery group."""
+        with self._db_lock:
+            assert self._conn is not None
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if self._quotas is None or version != self._quota_version:
+                rows = self._conn.execute("SELECT username, max_bytes FROM mailbox_quota").fetchall()
+                self._quotas = {u: int(b) for u, b in rows}
+                self._quota_version = version
+            return self._quotas
+
+    def get(self, user: str) -> int | None:
+        with self._db_lock:
+            row = self._conn.execute("SELECT max_bytes FROM mailbox_quota WHERE username = ?",
+                                     (user,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set(self, user: str, max_bytes: int | None) -> None:
+        with self._db_lock:
+            self._quotas = None   # this connection's own writes do not move data_version
+            if max_bytes is None:
+                self._conn.execute("DELETE FROM mailbox_quota WHERE username = ?", (user,))
+            else:
+                if max_bytes < 0:
+                    raise ValueError("quota must be >= 0 bytes")
+                self._conn.execute(
+                    "INSERT INTO mailbox_quota (username, max_bytes) VALUES (?, ?)"
+                    " ON CONFLICT (username) DO UPDATE SET max_bytes = excluded.max_bytes",
+                    (user, int(max_bytes)))
+
+    def all(self) -> dict[str, int]:
+        with self._db_lock:
+            rows = self._conn.execute("SELECT username, max_bytes FROM mailbox_quota"
+                                      " ORDER BY username").fetchall()
+        return {u: int(b) for u, b in rows}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with self._db_lock:
+                self._conn.close()
+            self._conn = None
+
+
 class MailboxStore(abc.ABC):
     """Where local delivery puts mail.  Implementations are thread-safe and blocking."""
 
@@ -238,10 +317,11 @@ class MailboxStore(abc.ABC):
 
 
 class MaildirStore(MailboxStore):
-    """Maildirs under ``root`` (``<var>/mail``); quotas in ``db_path`` (optional)."""
+    """Maildirs under ``root`` (``<var>/mail``); quotas in ``quotas`` (a :class:`QuotaTable`
+    the store then owns and closes), else in the SQLite database ``db_path``, else none."""
 
     def __init__(self, root: str | os.PathLike[str], db_path: str | os.PathLike[str] | None = None,
-                 *, hostname: str | None = None) -> None:
+                 *, hostname: str | None = None, quotas: QuotaTable | None = None) -> None:
         self.root = os.path.abspath(os.fspath(root))
         host = hostname or socket.gethostname() or "localhost"
         # Maildir: "/" and ":" in the host name are replaced.
@@ -250,14 +330,11 @@ class MaildirStore(MailboxStore):
         #: groups are made durable with syncfs(2) (Linux 5.8 and later: earlier kernels
         #: do not report write errors through it), else file by file
         self.root_syncs = _syncfs is not None
-        self._db_lock = threading.Lock()
-        self._quotas: dict[str, int] | None = None   # cached table, with its data_version
-        self._quota_version: int | None = None
         self._queue: list[_Pending] = []   # adeliver_many: waiting for the next group
         self._flight: "trio.Event | None" = None   # adeliver_many: the group being written
-        self._conn = None
-        if db_path is not None:
-            self._conn = _sqlite.open_migrated(db_path, COMPONENT, MIGRATIONS)
+        if quotas is None and db_path is not None:
+            quotas = SqliteQuotas(db_path)
+        self._quota_table = quotas
 
     # -- paths
 
@@ -368,7 +445,8 @@ class MaildirStore(MailboxStore):
             return [r for at in range(0, len(items), FILES_OPEN)
                     for r in self.deliver_many(items[at:at + FILES_OPEN])]
         results: list[str | Exception] = [""] * len(items)
-        quotas = self._current_quotas() if self._conn is not None else {}
+        table = self._quota_table
+        quotas = table.current() if table is not None else {}
         written: list[tuple[int, int, str, str, str]] = []   # index, fd, tmp, maildir, name
         stored: dict[int, bytes] = {}   # id(content) -> its Maildir form, once per group
         try:
@@ -601,55 +679,25 @@ class MaildirStore(MailboxStore):
 
     # -- quota
 
-    def _current_quotas(self) -> dict[str, int]:
-        """The quota table, read again only when the database changed (another process
-        ran ``chainmail quota set``): one cheap query per delivery group."""
-        with self._db_lock:
-            assert self._conn is not None
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if self._quotas is None or version != self._quota_version:
-                rows = self._conn.execute("SELECT username, max_bytes FROM mailbox_quota").fetchall()
-                self._quotas = {u: int(b) for u, b in rows}
-                self._quota_version = version
-            return self._quotas
-
     def get_quota(self, username: str) -> int | None:
-        if self._conn is None:
+        if self._quota_table is None:
             return None
-        with self._db_lock:
-            row = self._conn.execute("SELECT max_bytes FROM mailbox_quota WHERE username = ?",
-                                     (user_key(username),)).fetchone()
-        return None if row is None else int(row[0])
+        return self._quota_table.get(user_key(username))
 
     def set_quota(self, username: str, max_bytes: int | None) -> None:
-        if self._conn is None:
+        if self._quota_table is None:
             raise MailboxError("no database: quotas are not available")
-        user = user_key(username)
-        with self._db_lock:
-            self._quotas = None   # this connection's own writes do not move data_version
-            if max_bytes is None:
-                self._conn.execute("DELETE FROM mailbox_quota WHERE username = ?", (user,))
-            else:
-                if max_bytes < 0:
-                    raise ValueError("quota must be >= 0 bytes")
-                self._conn.execute(
-                    "INSERT INTO mailbox_quota (username, max_bytes) VALUES (?, ?)"
-                    " ON CONFLICT (username) DO UPDATE SET max_bytes = excluded.max_bytes",
-                    (user, int(max_bytes)))
+        self._quota_table.set(user_key(username), max_bytes)
 
     def quotas(self) -> dict[str, int]:
-        if self._conn is None:
+        if self._quota_table is None:
             return {}
-        with self._db_lock:
-            rows = self._conn.execute("SELECT username, max_bytes FROM mailbox_quota"
-                                      " ORDER BY username").fetchall()
-        return {u: int(b) for u, b in rows}
+        return self._quota_table.all()
 
     def close(self) -> None:
-        if self._conn is not None:
-            with self._db_lock:
-                self._conn.close()
-            self._conn = None
+        table, self._quota_table = self._quota_table, None
+        if table is not None:
+            table.close()
 
     def __enter__(self) -> MaildirStore:
         return self

@@ -1,5 +1,7 @@
 """Greylisting under James's ``JDBCGreylistHandler`` name and parameters, kept in the shared
-SQLite database (``<var>/chainmail.db``) so that every worker process sees the same triplets.
+SQLite database (``<var>/chainmail.db``) so that every worker process sees the same triplets,
+or, when ``conf/postgres.properties`` exists, in PostgreSQL so that every node does
+(:mod:`chainmail.store.postgres.greylist`).
 
 A real mail server retries a temporary refusal; most spam software does not.  The first
 RCPT of a (client network, sender, recipient) triplet is refused with 451; a retry after
@@ -14,11 +16,14 @@ import os
 import sqlite3
 import threading
 import time
+from typing import Any
 
+from chainmail.config.errors import ConfigError
 from chainmail.config.netmatch import NetworkSet
-from chainmail.protocol.replies import Reply
+from chainmail.protocol.replies import R, Reply
 from chainmail.remote.config import DelayError, parse_duration_ms
 from chainmail.store import sqlite as _sqlite
+from chainmail.store.postgres.greylist import GreylistUnavailable
 from chainmail.verdict import HookResult
 
 __all__ = ["JDBCGreylistHandler", "SharedTable"]
@@ -86,7 +91,13 @@ class JDBCGreylistHandler:
     full IPv6 address.  Clients in ``whitelistedNetworks`` and relaying or authenticated
     clients are never greylisted.  A passing triplet is DECLINED, never OK: greylisting
     only refuses.  ``repositoryPath`` and ``sqlFile`` (James's JDBC settings) are accepted
-    and ignored: the triplets live in chainmail's own database."""
+    and ignored: the triplets live in chainmail's own database.
+
+    Errors: an error of the embedded database lets the recipient through, as James does
+    for any error of its greylist lookup.  PostgreSQL being unreachable answers
+    ``451 4.3.0`` instead: an outage of the shared database is expected to pass, and
+    letting every client through on every node meanwhile would switch greylisting off
+    for the whole cluster."""
 
     parameters = ("tempBlockTime", "autoWhiteListLifeTime", "unseenLifeTime",
                   "whitelistedNetworks", "repositoryPath", "sqlFile")
@@ -103,6 +114,19 @@ class JDBCGreylistHandler:
             raise config.error("whitelistedNetworks", warning.message)
         self.table = SharedTable(COMPONENT, MIGRATIONS)
         self._next_cleanup = 0.0
+        # The same switch as the account stores': conf/postgres.properties, connected at
+        # the first RCPT.  A bad file is reported by the account stores, which then stop
+        # the start; here it only keeps the triplets from ever falling back to SQLite.
+        from chainmail.store.postgres.config import load_postgres
+        self.postgres: Any = None
+        if config.file:
+            try:
+                self.postgres = load_postgres(os.path.dirname(os.path.abspath(config.file)))
+            except ConfigError as exc:
+                self.postgres = exc
+        self._shared: Any = None   # the PostgreSQL triplets, once opened
+        self._shared_pid = 0
+        self._outage = False   # logged once per outage
 
     def on_rcpt(self, session, sender, recipient):
         if session.relaying_allowed or session.auth_user is not None:
@@ -115,11 +139,28 @@ class JDBCGreylistHandler:
         except sqlite3.Error:
             log.exception("%s: greylist lookup failed; the recipient is not greylisted", session)
             return None   # as James: a database problem does not refuse mail
+        except GreylistUnavailable as exc:
+            if not self._outage:
+                self._outage = True
+                log.warning("%s: greylisting cannot reach PostgreSQL, answering 451 until it "
+                            "is back: %s", session, exc)
+            return HookResult.reply(R.unable_to_process)
+        if self._outage:
+            self._outage = False
+            log.info("greylisting: PostgreSQL reachable again")
         return None if passed else HookResult.reply(TEMP_REJECTED)
 
     def check(self, server, network: str, sender: str, recipient: str,
               now: float | None = None) -> bool:
-        """Record this attempt; whether the triplet may pass."""
+        """Record this attempt; whether the triplet may pass.  With PostgreSQL,
+        ``GreylistUnavailable`` when the database does not answer."""
+        if self.postgres is not None:
+            if self._shared is None or self._shared_pid != os.getpid():
+                self._shared, self._shared_pid = shared_triplets(self.postgres), os.getpid()
+            return self._shared.check(network, sender.lower(), recipient.lower(), now=now,
+                                      temp_block=self.temp_block,
+                                      whitelist_life=self.whitelist_life,
+                                      unseen_life=self.unseen_life)
         now = time.time() if now is None else now
         key = (network, sender.lower(), recipient.lower())
         with self.table.lock:
@@ -159,6 +200,51 @@ class JDBCGreylistHandler:
         conn.execute("DELETE FROM greylist WHERE count > 0 AND create_time < ?",
                      (now - self.whitelist_life,))
         self._next_cleanup = now + CLEANUP_INTERVAL
+
+
+_shared_lock = threading.Lock()
+_shared: dict[tuple, Any] = {}   # (pid, database) -> PostgresGreylist
+_failed: dict[tuple, tuple[float, str]] = {}   # (pid, database) -> (retry at, why)
+
+#: Seconds after a failed opening during which RCPTs are answered without trying again
+#: (one connection attempt at a time, not one per waiting RCPT).
+RETRY_OPEN = 1.0
+
+
+def shared_triplets(postgres: Any) -> Any:
+    """The PostgreSQL triplets of this process for ``postgres`` (a ``PostgresConfig``, or
+    the ``ConfigError`` of a bad ``postgres.properties``), opened at the first use and
+    again after a failed opening; ``GreylistUnavailable`` when that fails.
+
+    Handlers have no end of life: one store (one pool) per process serves every handler
+    and every configuration generation using the same database, so reloads open nothing
+    new.  The first use of another database (a reload that changed the file) closes the
+    older one's store; an old session still using it then gets ``451 4.3.0``."""
+    if isinstance(postgres, ConfigError):
+        raise GreylistUnavailable(str(postgres))
+    from chainmail.store.backends import PostgresBackend
+    pid = os.getpid()
+    key = (pid, postgres.conninfo(), postgres.pool_initial_size, postgres.pool_max_size)
+    with _shared_lock:
+        store = _shared.get(key)
+        if store is not None:
+            return store
+        retry_at, why = _failed.get(key, (0.0, ""))
+        if time.monotonic() < retry_at:
+            raise GreylistUnavailable(why)
+        try:
+            store = PostgresBackend(postgres).greylist()
+        except ConfigError as exc:   # unreachable or refusing
+            _failed[key] = (time.monotonic() + RETRY_OPEN, exc.message)
+            raise GreylistUnavailable(exc.message) from exc
+        _failed.pop(key, None)
+        for old in list(_shared):
+            if old[0] == pid:
+                _shared.pop(old).close()
+            else:   # a parent's, inherited by fork: its sockets are not this process's
+                del _shared[old]
+        _shared[key] = store
+        return store
 
 
 def triplet_network(ip: str) -> str:
