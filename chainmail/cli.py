@@ -171,7 +171,7 @@ def _main(args) -> int:
         if args.command == "domain":
             return _domain(conf, var, args)
         if args.command == "queue":
-            return cli_queue.run(var, args)
+            return cli_queue.run(var, args, conf)
         if args.command == "keystore":
             return _keystore(conf)
         if args.command in ("user", "alias"):

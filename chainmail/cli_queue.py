@@ -25,6 +25,7 @@ import sys
 import time
 
 from .admin import AdminError, queues
+from .config.errors import ConfigError
 from .durations import format_age
 
 __all__ = ["add_subcommands", "run", "format_age"]
@@ -52,7 +53,12 @@ def add_subcommands(sub, common) -> None:
         p.add_argument("id", metavar="ID", help="queue id (from the 250 reply or the listing)")
 
 
-def run(var: str, args) -> int:
+def run(var: str, args, conf: str | None = None) -> int:
+    try:
+        queues.use_conf(conf)   # rabbitmq.properties: the queues on the broker
+    except ConfigError as exc:
+        print(f"chainmail: configuration error: {exc}", file=sys.stderr)
+        return 2
     action = getattr(args, "action", None) or "list"
     if action == "remove":
         return _queue_remove(var, args.ids)
@@ -87,13 +93,18 @@ def _queue_list(var: str, names: list[str], domain: str | None, *, spool: bool) 
 def _queue_list_outgoing(var: str, name: str, domain: str | None, now: float) -> None:
     from .remote.control import pending_flush_requests
     queue = queues.open_outgoing(var, name)
-    flushes = pending_flush_requests(queue.root)
+    flushes = pending_flush_requests(queue.root) if queue.root is not None else []
     entries = queues.entries(queue, domain)
-    print(f"outgoing queue {name} ({queue.root})")
+    print(f"outgoing queue {name} ({queue.root or queue.describe()})")
     print(f"{'ID':<33} {'AGE':>8} {'NEXT':>8} {'TRIES':>5}  SENDER -> RECIPIENTS  (LAST ERROR)")
     held = _held(var)
     for e in entries:
         print(_queue_outgoing_row(e, now, flushes) + held(e))
+    parked = [e for e in queue.held() if queues.wanted(e, domain)] \
+        if hasattr(queue, "held") else []
+    for e in parked:
+        print(_queue_outgoing_row(e, now, flushes) + "  [held]")
+    entries += parked
     print(f"{len(entries)} message(s) waiting in outgoing queue {name}")
 
 
@@ -125,15 +136,19 @@ def _queue_addresses(env) -> str:
 
 
 def _queue_list_spool(var: str, domain: str | None, now: float) -> None:
-    messages = queues.entries(queues.open_spool(var), domain)
+    spool = queues.open_spool(var)
+    messages = queues.entries(spool, domain)
     held = _held(var)
+    parked = [e for e in spool.held() if queues.wanted(e, domain)] \
+        if hasattr(spool, "held") else []
     print(f"{'ID':<32} {'AGE':>8} {'SIZE':>10} {'STATE':<16} {'TRIES':>5}  SENDER -> RECIPIENTS")
-    for m in messages:
+    for m in messages + parked:
         env = m.envelope
         error = env.attributes.get("chainmail.error_message")
         print(f"{_qid(m):<32} {format_age(now - _arrival(m)):>8} {m.size:>10} {env.state:<16} "
               f"{env.error_count:>5}  {_queue_addresses(env)}"
-              + (f"  ({error})" if error else "") + held(m))
+              + (f"  ({error})" if error else "") + (held(m) if m in messages else "  [held]"))
+    messages += parked
     print(f"{len(messages)} message(s) queued")
 
 

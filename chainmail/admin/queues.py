@@ -1,5 +1,11 @@
 """The mail spool and RemoteDelivery's outgoing queues, whether or not the server runs.
 
+With ``conf/rabbitmq.properties`` (:func:`use_conf` tells where the configuration is) the
+queues are on the broker and every operation goes through
+:class:`chainmail.store.amqp.browse.BrokerQueue`: the same on every node, for the mail
+waiting there (not the mail a node is processing at that moment); a flush moves waiting
+retries into the queue at once and a hold parks the mail in ``<queue>.held``.
+
 The queues are spools that several processes may share: entries are listed and removed
 directly; a flush is a request file the running queue reads within a second
 (:mod:`chainmail.remote.control`), a hold a file the spool workers and the outgoing queues
@@ -18,33 +24,62 @@ from .errors import Invalid, NotFound
 __all__ = ["SPOOL", "queue_names", "outgoing_names", "open_queue", "open_spool",
            "open_outgoing", "entries", "qid", "arrival", "next_attempt", "wanted",
            "normalised_domain", "find", "remove_ids", "remove_matching", "flush",
-           "hold", "release", "all_queues"]
+           "hold", "release", "all_queues", "use_conf", "broker_queue"]
 
 #: the name WebAdmin gives the mail spool (James's ``spool`` queue)
 SPOOL = "spool"
 
+_broker: list[Any] = [None]   # the RabbitMQ configuration in force, if any (use_conf)
+
+
+def use_conf(conf: str | None) -> None:
+    """The configuration directory of this process: its ``rabbitmq.properties`` puts the
+    queues on the broker (``ConfigError`` for a broken one)."""
+    from ..store.amqp import load_rabbitmq
+    _broker[0] = load_rabbitmq(conf) if conf is not None else None
+
+
+def broker_queue(queue: str) -> Any:
+    """The queue on the broker, or None with the embedded queues."""
+    if _broker[0] is None:
+        return None
+    from ..store.amqp.browse import BrokerQueue
+    return BrokerQueue(_broker[0], queue)
+
 
 def open_spool(var: str) -> Any:
     from ..store.spool import DirectorySpool
-    return DirectorySpool(os.path.join(var, "spool"))
+    return broker_queue(SPOOL) or DirectorySpool(os.path.join(var, "spool"))
 
 
 def open_outgoing(var: str, name: str) -> Any:
     from ..remote.control import outgoing_root
     from ..store.spool import DirectorySpool
-    return DirectorySpool(outgoing_root(var, name))
+    return broker_queue(f"outgoing.{name}") or DirectorySpool(outgoing_root(var, name))
+
+
+def _outgoing_queue_names(var: str) -> list[str]:
+    """The outgoing queues: their directories in ``var/outgoing`` (on the broker: those a
+    RemoteDelivery of this node has used, which keep their temporary files there)."""
+    from ..remote.control import OUTGOING_DIR, outgoing_queue_names
+    if _broker[0] is None:
+        return outgoing_queue_names(var)
+    try:
+        return sorted(e.name for e in os.scandir(os.path.join(var, OUTGOING_DIR))
+                      if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
 
 
 def queue_names(var: str) -> list[str]:
     """``spool``, then every outgoing queue."""
-    from ..remote.control import outgoing_queue_names
-    return [SPOOL, *(n for n in outgoing_queue_names(var) if n != SPOOL)]
+    return [SPOOL, *(n for n in _outgoing_queue_names(var) if n != SPOOL)]
 
 
 def outgoing_names(var: str, name: str | None = None) -> list[str]:
     """Every outgoing queue, or just ``name``; ``NotFound`` (naming the others) if unknown."""
-    from ..remote.control import OUTGOING_DIR, outgoing_queue_names
-    names = outgoing_queue_names(var)
+    from ..remote.control import OUTGOING_DIR
+    names = _outgoing_queue_names(var)
     if name is None or name in names:
         return names if name is None else [name]
     known = f" (there are: {', '.join(names)})" if names else ""
@@ -63,9 +98,8 @@ def open_queue(var: str, name: str) -> Any:
 
 def all_queues(var: str) -> Iterator[tuple[str, Any]]:
     """(where, spool) of the spool and every outgoing queue, as the listings name them."""
-    from ..remote.control import outgoing_queue_names
     yield "spool", open_spool(var)
-    for name in outgoing_queue_names(var):
+    for name in _outgoing_queue_names(var):
         yield f"outgoing queue {name}", open_outgoing(var, name)
 
 
@@ -165,16 +199,21 @@ def remove_matching(var: str, name: str, *, sender: str | None = None,
     listed = queue.list()
     sender_l = sender.strip().lower() if sender is not None else None
     recipient_l = recipient.strip().lower() if recipient is not None else None
-    for entry in listed:
+
+    def pick(entry: Any) -> bool:
         env = entry.envelope
         if sender_l is not None and (env.sender or "").lower() != sender_l:
-            continue
+            return False
         if recipient_l is not None and recipient_l not in (r.lower() for r in env.recipients):
-            continue
-        if mail_name is not None and not _matches(entry, mail_name):
-            continue
-        with contextlib.suppress(KeyError):
-            queue.remove(entry.id)
+            return False
+        return mail_name is None or _matches(entry, mail_name)
+    if hasattr(queue, "remove_where"):   # on the broker: one pass
+        queue.remove_where(pick)
+    else:
+        for entry in listed:
+            if pick(entry):
+                with contextlib.suppress(KeyError):
+                    queue.remove(entry.id)
     return len(listed), len(queue.list())
 
 
@@ -185,9 +224,18 @@ def flush(var: str, names: list[str], domain: str | None = None) -> list[tuple[s
     done = []
     for name in names:
         queue = open_outgoing(var, name)
+        if queue.root is None:   # on the broker: the waiting retries move into the queue
+            done.append((name, queue.flush(lambda e: wanted(e, domain), _due_now)))
+            continue
         request = request_flush(queue.root, domain)
         done.append((name, sum(1 for e in queue.list() if request.matches(e))))
     return done
+
+
+def _due_now(envelope: Any) -> None:
+    """A flushed entry is tried at once: its time to wait is cleared."""
+    from ..remote.queue import ATTR_NEXT_ATTEMPT
+    envelope.attributes[ATTR_NEXT_ATTEMPT] = 0
 
 
 def _hold_key(var: str, queue_id: str) -> str | None:
@@ -211,6 +259,8 @@ def hold(var: str, queue_id: str) -> tuple[str, list[str], bool]:
     from ..store.holds import HoldList, valid_queue_id
     if not valid_queue_id(queue_id):
         raise Invalid(f"{queue_id!r} is not a queue id")
+    if _broker[0] is not None:
+        return _hold_on_broker(var, queue_id)
     key = _hold_key(var, queue_id)
     if key is None:
         raise _not_queued(queue_id)
@@ -218,11 +268,27 @@ def hold(var: str, queue_id: str) -> tuple[str, list[str], bool]:
     return key, where, HoldList(var).hold(key)
 
 
+def _hold_on_broker(var: str, queue_id: str) -> tuple[str, list[str], bool]:
+    where, held = [], []
+    for name, queue in all_queues(var):
+        if queue.hold(lambda e: _matches(e, queue_id)):
+            where.append(name)
+        if any(_matches(e, queue_id) for e in queue.held()):
+            held.append(name)
+    if not held:
+        raise _not_queued(queue_id)
+    return queue_id, sorted(held), bool(where)
+
+
 def release(var: str, queue_id: str) -> str:
     """Let a held message go on; the queue id released."""
     from ..store.holds import HoldList, valid_queue_id
     if not valid_queue_id(queue_id):
         raise Invalid(f"{queue_id!r} is not a queue id")
+    if _broker[0] is not None:
+        if sum(queue.release(lambda e: _matches(e, queue_id)) for _, queue in all_queues(var)):
+            return queue_id
+        raise NotFound(f"{queue_id} is not held")
     holds = HoldList(var)
     for key in dict.fromkeys(k for k in (queue_id, queue_id[:33], _hold_key(var, queue_id)) if k):
         if holds.release(key):

@@ -76,6 +76,8 @@ class WebAdminService:
         domains.add_routes(router, self.stores)
         users.add_routes(router, self.stores)
         address.add_routes(router, self.stores)
+        from ..admin import queues as queue_ops
+        queue_ops.use_conf(conf)   # rabbitmq.properties: the queues on the broker
         queues.add_routes(router, var, self.tasks)
         repositories.add_routes(router, var, self.tasks, conf)
         tasks.add_routes(router, self.tasks)

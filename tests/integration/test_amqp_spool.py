@@ -7,6 +7,7 @@ recover by themselves when the broker comes back."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Iterator
 
@@ -123,7 +124,7 @@ def _accepts(node, i: int) -> bool:
     return True
 
 
-def relay_container(port: int) -> str:
+def relay_container(port: int, delay: str = "1 s") -> str:
     return f"""<mailetcontainer>
   <context><postmaster>postmaster@local.test</postmaster></context>
   <spooler><threads>2</threads></spooler>
@@ -133,7 +134,7 @@ def relay_container(port: int) -> str:
         <outgoing>outgoing</outgoing>
         <gateway>127.0.0.1</gateway>
         <gatewayPort>{port}</gatewayPort>
-        <delayTime>1 s</delayTime>
+        <delayTime>{delay}</delayTime>
         <maxRetries>10</maxRetries>
       </mailet>
     </processor>
@@ -181,3 +182,31 @@ def test_mail_in_the_embedded_spool_moves_to_the_broker_at_start(broker, purge,
         assert "moved 3 queued message(s)" in node.log
     finally:
         node.stop()
+
+
+def test_a_flush_moves_waiting_retries_into_the_queue(broker, chainmail_factory):
+    import subprocess
+
+    from tests.conftest import CHAINMAIL
+    from tests.integration.test_cluster import _free_port
+    port = _free_port()   # nothing listens: every attempt fails
+    sender = chainmail_factory(files={"mailetcontainer.xml": relay_container(port, "1 h"),
+                                      "rabbitmq.properties": properties(broker)})
+    wait_for_log(sender, r"outgoing queue outgoing on queue 'outgoing.outgoing'", 20)
+    with sender.smtp() as s:
+        assert s.sendmail("a@local.test", ["x@far.example"], MESSAGE % (8, 8)) == {}
+    wait_for_log(sender, r"retry 1 of 10 in 3600 s", 20)
+
+    def queue(*args: str) -> str:
+        done = subprocess.run([*CHAINMAIL, "queue", *args, "--conf", str(sender.conf),
+                               "--var", str(sender.var)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    listed = queue("list")
+    assert "outgoing queue outgoing (queue 'outgoing.outgoing' on amqp://" in listed
+    [row] = [line for line in listed.splitlines() if "<x@far.example>" in line]
+    assert re.search(r"\s+in \S+\s+1\s+<a@local\.test>", row), row   # NEXT: later; TRIES: 1
+    assert "1 message(s) waiting in outgoing queue outgoing" in listed
+    assert "flush requested for 1 message(s)" in queue("flush")
+    wait_for_log(sender, r"retry 2 of 10", 20)   # tried again at once

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need, wait_for, wait_for_log
+from tests.conftest import CHAINMAIL, need, wait_for, wait_for_log
 from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
 from tests.integration.test_amqp_spool import container, queued, stored
 
@@ -214,3 +215,42 @@ def test_a_broker_restart_loses_nothing_accepted(broker, chainmail_factory):
     back = chainmail_factory(files={"mailetcontainer.xml": container(), **props})
     wait_for(lambda: sorted(stored(back)) == sorted(accepted), 30,
              "every accepted mail processed after the restart")
+
+
+def queue_cli(node, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CHAINMAIL, "queue", *args, "--conf", str(node.conf),
+                           "--var", str(node.var)], capture_output=True, text=True, timeout=60)
+
+
+def test_queue_commands_see_and_change_the_mail_of_both_nodes(broker, chainmail_factory):
+    broker.ctl("purge_queue", "spool")
+    props = {"rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n",
+             "mailetcontainer.xml": container(threads=0)}   # nobody consumes: the mail waits
+    a, b = (chainmail_factory(files=props) for _ in range(2))
+    ids = {}
+    for name, node in (("a", a), ("b", b)):
+        with node.smtp() as s:
+            s.sendmail(f"{name}@remote.example", ["u@local.test"], f"Subject: {name}\r\n\r\nb\r\n")
+        [ids[name]] = re.findall(r"queued ([0-9a-f]{12}-[0-9a-f]{20})", node.log)
+    for node in (a, b):
+        listed = queue_cli(node, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "2 message(s) queued" in listed.stdout
+        assert ids["a"] in listed.stdout and ids["b"] in listed.stdout
+    shown = queue_cli(a, "show", ids["b"])
+    assert "<b@remote.example>" in shown.stdout and "Subject: b" in shown.stdout
+    # hold on one node: held for every node; release brings it back
+    held = queue_cli(b, "hold", ids["a"])
+    assert held.returncode == 0 and f"held {ids['a']}" in held.stdout, held.stderr
+    listed = queue_cli(a, "list").stdout
+    assert re.search(re.escape(ids["a"]) + r".*\[held\]", listed), listed
+    wait_for(lambda: queued(broker, "spool.held") == 1, 15, "the mail parked in spool.held")
+    released = queue_cli(a, "release", ids["a"])
+    assert released.returncode == 0, released.stderr
+    assert "[held]" not in queue_cli(b, "list").stdout
+    # remove from the other node
+    removed = queue_cli(a, "remove", ids["b"])
+    assert removed.returncode == 0 and f"removed {ids['b']}" in removed.stdout, removed.stderr
+    listed = queue_cli(b, "list").stdout
+    assert "1 message(s) queued" in listed and ids["b"] not in listed
+    assert queue_cli(b, "remove", ids["b"]).returncode == 1   # gone for everyone

@@ -271,6 +271,28 @@ class Broker:
             raise PublishError(f"{queue}: not confirmed by {self.config.describe()}: "
                                f"{confirm!r}")
 
+    async def exists(self, queue: str) -> bool:
+        """Whether ``queue`` has been declared (asked on a channel of its own: the broker
+        closes the channel that asks for a queue it does not have)."""
+        import aiormq.exceptions
+        try:
+            channel = await aio_as_trio(self._connection.channel)(publisher_confirms=False)
+        except _broker_errors() as exc:
+            raise BrokerError(f"exists {queue}: {exc!r}") from exc
+        try:
+            await aio_as_trio(channel.declare_queue)(queue, passive=True)
+            return True
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        except _broker_errors() as exc:
+            raise BrokerError(f"exists {queue}: {exc!r}") from exc
+        finally:
+            if not channel.is_closed:
+                try:
+                    await aio_as_trio(channel.close)()
+                except _broker_errors():
+                    pass   # closed by the broker meanwhile
+
     async def message_count(self, queue: str) -> int:
         """The messages ready in ``queue`` (those consumers hold unacked are not counted)."""
         await self.declare(queue)
