@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import CHAINMAIL, need, wait_for, wait_for_log
 from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
 from tests.integration.test_amqp_spool import container, queued, stored
+from tests.integration.test_postgres_stores import postgres  # noqa: F401  (fixture)
 
 HAPROXY_CFG = """\
 global
@@ -254,3 +255,75 @@ def test_queue_commands_see_and_change_the_mail_of_both_nodes(broker, chainmail_
     listed = queue_cli(b, "list").stdout
     assert "1 message(s) queued" in listed and ids["b"] not in listed
     assert queue_cli(b, "remove", ids["b"]).returncode == 1   # gone for everyone
+
+
+PG_CONTAINER = """<mailetcontainer>
+  <context><postmaster>postmaster@local.test</postmaster></context>
+  <spooler><threads>4</threads></spooler>
+  <processors>
+    <processor state="root">
+      <mailet match="All" class="ToRepository" onMailetException="propagate">
+        <repositoryPath>postgres://var/mail/out/</repositoryPath>
+      </mailet>
+    </processor>
+    <processor state="error">
+      <mailet match="All" class="ToRepository"><repositoryPath>file://var/mail/error/</repositoryPath></mailet>
+    </processor>
+  </processors>
+</mailetcontainer>
+"""
+
+
+def test_a_database_crash_loses_nothing_accepted(broker, postgres, chainmail_factory):
+    """Users and the repository the container stores into are in PostgreSQL; it is killed
+    (kill -9) and restarted while mail arrives.  SMTP goes on accepting (recipients are
+    checked against each node's copy of the users, the mail is safe in RabbitMQ), storing
+    fails while the database is gone and is retried, and every accepted mail ends up
+    stored once the database is back."""
+    from tests.integration.test_postgres_stores import properties as pg_properties
+    broker.ctl("purge_queue", "spool")
+    dbname = postgres.new_database()
+    files = {"rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n",
+             "postgres.properties": pg_properties(postgres, dbname),
+             "mailetcontainer.xml": PG_CONTAINER}
+    node = chainmail_factory(
+        "<handlerchain><handler class=\"org.apache.james.smtpserver.fastfail.ValidRcptHandler\"/>"
+        "</handlerchain>", files=files)
+    added = subprocess.run([*CHAINMAIL, "user", "add", "u@local.test", "--password-stdin",
+                            "--conf", str(node.conf), "--var", str(node.var)],
+                           input="secret-pw-1\n", capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+
+    def stored() -> set[str]:
+        rows = postgres.admin("SELECT content FROM mail_repository_mails", dbname)
+        return {bytes(r[0]).split(b"Subject: ")[1].split(b"\r\n")[0].decode() for r in rows}
+
+    accepted = []
+
+    def send(subject: str) -> None:
+        with node.smtp() as s:
+            s.sendmail("a@remote.example", ["u@local.test"], f"Subject: {subject}\r\n\r\nb\r\n")
+        accepted.append(subject)
+    def known_everywhere() -> bool:   # by every worker process (connections spread over them)
+        for _ in range(40):
+            with node.smtp() as s:
+                s.ehlo()
+                s.mail("a@remote.example")
+                if s.rcpt("u@local.test")[0] != 250:
+                    return False
+        return True
+    wait_for(known_everywhere, 20, "the new user known to every worker")
+    for i in range(10):
+        send(f"d{i}")
+    postgres.crash()
+    try:
+        for i in range(10, 20):   # sent while the database is down
+            send(f"d{i}")
+        wait_for_log(node, r"processing failed \(attempt 1\)", 20)   # the container retries
+    finally:
+        postgres.restart()
+    wait_for(lambda: stored() >= set(accepted), 90, "every accepted mail stored")
+    with node.smtp() as s:   # and unknown users are still refused
+        s.ehlo()
+        s.mail("a@remote.example")
+        assert s.rcpt("nobody@local.test")[0] == 550

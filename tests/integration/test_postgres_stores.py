@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import smtplib
 import subprocess
 import tempfile
@@ -61,7 +62,10 @@ class Postgres:
                         "-U", ROLE, f"--pwfile={pwfile}", "--auth-local=trust",
                         "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"],
                        check=True, capture_output=True, cwd="/")
-        self.log = open(self.base / "postgres.log", "wb")
+        self._launch()
+
+    def _launch(self) -> None:
+        self.log = open(self.base / "postgres.log", "ab")
         self.proc = subprocess.Popen(
             [*self._as_owner(), str(PG_BIN / "postgres"), "-D", str(self.data),
              "-k", str(self.base), "-h", "127.0.0.1", "-p", str(self.port),
@@ -90,6 +94,24 @@ class Postgres:
         name = f"t{next(self._names)}"
         self.admin(f"CREATE DATABASE {name}")
         return name
+
+    def crash(self) -> None:
+        """kill -9 of the server; :meth:`restart` starts it again on the same data."""
+        assert self.proc is not None
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)   # the server itself, not the runuser around it
+        self.proc.wait(30)
+        self.log.close()
+
+        def backends_gone() -> bool:   # they leave on their own once the postmaster is gone
+            found = subprocess.run(["pgrep", "-f", str(self.data)], capture_output=True)
+            return found.returncode == 1
+        wait_for(backends_gone, timeout=20, what="PostgreSQL's processes gone")
+
+    def restart(self) -> None:
+        """Start again after :meth:`crash` (crash recovery)."""
+        self._launch()
+        wait_for(self._ready, timeout=30, what="PostgreSQL accepting connections again")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
