@@ -49,7 +49,7 @@ from chainmail.remote.dns import DnsService, load_dnsservice
 from chainmail.remote.tlspolicy import TlsPolicy
 from chainmail.remote.queue import (
     ATTR_DELAY_NOTIFIED, ATTR_LAST_ERROR, ATTR_NAME, ATTR_NEXT_ATTEMPT, ATTR_PRIORITY, Bounce,
-    DelayNotice, Delivered, OutgoingQueue,
+    DelayNotice, Delivered, OutgoingQueue, queue_priority,
 )
 
 from .mailets import _check_processor
@@ -135,7 +135,9 @@ class RemoteDelivery(GenericMailet):
                 from chainmail.remote.broker_queue import BrokerOutgoingQueue
                 from chainmail.store.amqp.spool import BrokerSpool
                 spool = BrokerSpool(rabbitmq, os.path.join(self.root, "tmp"),
-                                    queue=f"outgoing.{self.settings.outgoing}")
+                                    queue=f"outgoing.{self.settings.outgoing}",
+                                    priority_of=queue_priority if self.settings.use_priority
+                                    else None)
                 queue_class = BrokerOutgoingQueue
             self._queue = queue_class(
                 spool, self.settings, self.dns, bounce=self._bounce,

@@ -210,3 +210,36 @@ def test_a_flush_moves_waiting_retries_into_the_queue(broker, chainmail_factory)
     assert "1 message(s) waiting in outgoing queue outgoing" in listed
     assert "flush requested for 1 message(s)" in queue("flush")
     wait_for_log(sender, r"retry 2 of 10", 20)   # tried again at once
+
+
+async def test_classic_queues_carry_the_priority_and_quorum_queues_do_not(broker, tmp_path):
+    import trio
+    import trio_asyncio
+
+    from chainmail.store.amqp.spool import BrokerSpool
+    from chainmail.store.spool import Envelope
+
+    def priority(envelope) -> int:
+        return int(envelope.attributes["p"])
+
+    # published low then high: a classic queue hands the high one out first
+    for quorum, queue, expected in ((False, "prio.classic", [9, 1]),
+                                    (True, "prio.quorum", [0, 0])):
+        spool = BrokerSpool(broker.config(quorum_queues=quorum), tmp_path / queue, queue=queue,
+                            priority_of=priority)
+        # one asyncio loop for every task of the process, as the server opens it
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            await nursery.start(spool.run)
+            for p in (1, 9):
+                writer = spool.open_writer()
+                writer.write(b"Subject: p\r\n\r\nbody\r\n")
+                await writer.commit(Envelope(sender="a@x.test", recipients=["b@y.test"],
+                                             attributes={"p": p}))
+            seen = []
+            async with spool.consume(prefetch=4) as consumer:
+                for _ in range(2):
+                    delivery = await consumer.__anext__()
+                    seen.append(delivery.priority)
+                    await delivery.ack()
+            nursery.cancel_scope.cancel()
+        assert seen == expected, (queue, seen)

@@ -32,7 +32,7 @@ import trio
 from ..spool.fileio import _close_quietly, _unlink_quietly
 from ..spool.ids import new_id
 from ..spool.largefiles import _FOOTER_LEN
-from ..spool.record import QueuedMessage, SpoolFormatError, _decode_meta
+from ..spool.record import Envelope, QueuedMessage, SpoolFormatError, _decode_meta
 from ..spool.writer import BUFFER_LIMIT, SpoolUnavailable, SpoolWriter
 from .broker import Broker, BrokerError, Consumer, PublishError
 from .config import RabbitMQConfig
@@ -78,9 +78,13 @@ class BrokerSpool:
     needs_asyncio = True
 
     def __init__(self, config: RabbitMQConfig, tmp_dir: str | os.PathLike[str], *,
-                 queue: str = SPOOL_QUEUE, buffer_limit: int = BUFFER_LIMIT) -> None:
+                 queue: str = SPOOL_QUEUE, buffer_limit: int = BUFFER_LIMIT,
+                 priority_of: Callable[[Envelope], int | None] | None = None) -> None:
         self.config = config
         self.queue = queue
+        #: the AMQP priority (0-9) of a message, for classic queues (quorum queues of
+        #: RabbitMQ before 4.0 ignore priorities)
+        self.priority_of = priority_of if not config.quorum_queues else None
         self.tmp_dir = os.path.abspath(os.fspath(tmp_dir))
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         self.root = os.path.dirname(self.tmp_dir)
@@ -166,7 +170,13 @@ class BrokerSpool:
         return os.path.join(self.tmp_dir, msg_id)
 
     async def _commit_record(self, msg_id: str, meta: bytes, body: bytearray) -> None:
-        await self._publish(msg_id, encode(meta, body))
+        await self._publish(msg_id, encode(meta, body), self._priority(msg_id, meta))
+
+    def _priority(self, msg_id: str, meta: bytes) -> int | None:
+        if self.priority_of is None:
+            return None
+        priority = self.priority_of(_decode_meta(meta, msg_id)[1])
+        return None if priority is None else max(0, min(9, priority))
 
     async def _commit_file(self, msg_id: str, fd: int | None, buf: bytearray, tail: bytes) -> None:
         path = self._tmp_path(msg_id)
@@ -183,14 +193,14 @@ class BrokerSpool:
                 _unlink_quietly(path)
         head = await trio.to_thread.run_sync(read)
         meta = tail[:-_FOOTER_LEN]
-        await self._publish(msg_id, encode(meta, head + bytes(buf)))
+        await self._publish(msg_id, encode(meta, head + bytes(buf)), self._priority(msg_id, meta))
 
-    async def _publish(self, msg_id: str, body: bytes) -> None:
+    async def _publish(self, msg_id: str, body: bytes, priority: int | None = None) -> None:
         broker = self._broker
         if broker is None or not broker.is_open:
             raise SpoolUnavailable(f"{msg_id}: RabbitMQ is not reachable ({self.describe()})")
         try:
-            await broker.publish(self.queue, body, {"id": msg_id})
+            await broker.publish(self.queue, body, {"id": msg_id}, priority)
         except PublishError as exc:
             raise SpoolUnavailable(f"{msg_id}: {exc}") from exc
 
