@@ -84,6 +84,11 @@ _DUMMY_SALT = os.urandom(SALT_BYTES)
 _DUMMY_DIGEST = os.urandom(HASH_BYTES)
 
 
+class UsersUnavailable(RuntimeError):
+    """The users cannot be read now (their database is unreachable): a temporary failure,
+    not a wrong password."""
+
+
 class UserExistsError(ValueError):
     """``add()`` of a username that is already there."""
 

@@ -28,6 +28,7 @@ import trio
 
 from chainmail import metrics
 from chainmail.protocol.replies import R, Reply
+from chainmail.store.users import UsersUnavailable
 from chainmail.verdict import HookResult
 
 from .oauth import MECHANISMS as OAUTH_MECHANISMS
@@ -169,8 +170,12 @@ class AuthCmdHandler:
         if users is None:
             log.error("%s: AUTH without a users repository", session)
             return R.unable_to_process
-        ok = await trio.to_thread.run_sync(users.verify, username, password,
-                                           limiter=session.server.limiter)
+        try:
+            ok = await trio.to_thread.run_sync(users.verify, username, password,
+                                               limiter=session.server.limiter)
+        except UsersUnavailable as exc:
+            log.warning("%s: AUTH %s for %r not checked: %s", session, mechanism, username, exc)
+            return R.auth_temporary_failure
         name = users.username_for(username) if ok else username
         if ok and authzid is not None and users.username_for(authzid) != name:
             ok = False  # acting as another user (delegation) is not granted

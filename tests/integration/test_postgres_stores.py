@@ -654,3 +654,32 @@ def test_reload_reopens_the_database_and_a_broken_file_is_refused(chainmail_fact
     assert f"{props}:6: database.port: 'none': expected a whole number" in log
     assert _rcpt_reply(server, "bob@local.test")[0] == 250
     assert _rcpt_reply(server, "carol@local.test")[0] == 550
+
+
+def test_a_password_check_while_the_database_is_down_is_a_temporary_failure(conf, tmp_path,
+                                                                           postgres):
+    from chainmail.store.users import UsersUnavailable
+    (conf / "postgres.properties").write_text(
+        (conf / "postgres.properties").read_text() + "jooq.reactive.timeout=2second\n")
+    backend = open_backend(conf, tmp_path / "var")
+    users = backend.users()
+    try:
+        users.add("carol@local.test", "secret-pw-1")
+        postgres.crash()
+        try:
+            with pytest.raises(UsersUnavailable, match="PostgreSQL"):
+                users.verify("carol@local.test", "secret-pw-1")
+            assert users.contains("carol@local.test")   # lookups: from the copy in memory
+        finally:
+            postgres.restart()
+        assert wait_for(lambda: _verifies(users), 20, "password checks again")
+    finally:
+        users.close()
+
+
+def _verifies(users) -> bool:
+    from chainmail.store.users import UsersUnavailable
+    try:
+        return users.verify("carol@local.test", "secret-pw-1")
+    except UsersUnavailable:
+        return False

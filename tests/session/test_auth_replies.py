@@ -218,3 +218,15 @@ def test_valid_rcpt_handler(chainmail_session):
     assert "250 2.1.5 Recipient <support@local.test> OK" in lines
     assert "250 2.1.5 Recipient <postmaster@local.test> OK" in lines
     assert "550 5.7.1 Requested action not taken: relaying denied" in lines
+
+
+def test_users_that_cannot_be_read_get_a_temporary_failure(submission, monkeypatch):
+    """The users' database unreachable (PostgreSQL down): 451 4.7.0, not "wrong password"."""
+    from chainmail.store.users import UsersRepository, UsersUnavailable
+
+    def unreachable(self, key):
+        raise UsersUnavailable("PostgreSQL db:5432: connection refused")
+    monkeypatch.setattr(UsersRepository, "_stored_hash", unreachable)
+    s = submission()
+    reply = s.command("AUTH PLAIN " + b64("\0alice@local.test\0" + PASSWORD))
+    assert str(reply) == "451 4.7.0 Temporary authentication failure"

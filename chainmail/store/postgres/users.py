@@ -10,6 +10,7 @@ from typing import Any
 from ..users import (
     UserExistsError,
     UsersRepository,
+    UsersUnavailable,
     _check_new_password,
     _lookup_key,
     hash_password,
@@ -37,7 +38,13 @@ class PostgresUsersRepository(PostgresCache, UsersRepository):
         return [name for (name,) in self._rows("SELECT username FROM users ORDER BY username")]
 
     def _stored_hash(self, key: str) -> str | None:
-        rows = self._rows("SELECT password_hash FROM users WHERE username = %s", (key,))
+        import psycopg
+        from psycopg_pool import PoolTimeout
+        try:
+            rows = self._rows("SELECT password_hash FROM users WHERE username = %s", (key,))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise UsersUnavailable(f"PostgreSQL {self.database.config.describe()}: "
+                                   f"{' '.join(str(exc).split())}") from exc
         return rows[0][0] if rows else None
 
     def add(self, username: str, password: str) -> None:
