@@ -646,6 +646,150 @@ def domainlist_xml() -> str:
             f"<defaultDomain>{DOMAIN}</defaultDomain></domainlist>\n")
 
 
+class ChainmailBrokerPeer(ChainmailPeer):
+    """chainmail-pipeline (the shipped mailetcontainer.xml, LocalDelivery into Maildirs) with
+    conf/rabbitmq.properties: the spool on a RabbitMQ node the benchmark starts for itself
+    (Debian's rabbitmq-server, on 127.0.0.1, one for the whole invocation). Every 250 waits
+    for the broker's confirm; the container consumes and acknowledges after delivery.
+
+    nodes=2: two `chainmail run` nodes (each its own var/, the same configuration) behind
+    HAProxy (plain TCP, roundrobin), consuming the same queue; deliveries are counted over
+    both. The broker's and HAProxy's processes are counted in the peer's CPU and memory:
+    they are part of the path a message takes."""
+
+    _broker = None   # the benchmark's RabbitMQ node, started on first use
+
+    def __init__(self, command: str, nodes: int = 1, workers: int | None = None) -> None:
+        super().__init__(command, pipeline=True, workers=workers)
+        self.nodes = nodes
+        self.family = "chainmail-rabbitmq" + ("-2n" if nodes == 2 else "")
+        self.name = self.family + (f"-w{workers}" if workers else "")
+        self.kinds = ("smtp", "starttls")
+        self._others: list[tuple[subprocess.Popen, Path]] = []   # the second node, HAProxy
+
+    def available(self) -> str | None:
+        why = super().available()
+        if why:
+            return why
+        if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+            return "rabbitmq-server not installed (apt-get install rabbitmq-server)"
+        if self.nodes > 1 and not shutil.which("haproxy"):
+            return "haproxy not installed"
+        return None
+
+    @classmethod
+    def broker(cls):
+        if cls._broker is None:
+            import atexit
+            sys.path.insert(0, str(REPO))
+            from chainmail.testing.rabbitmq import RabbitMQ
+            base = Path(tempfile.mkdtemp(prefix="bench-rabbitmq-"))
+            broker = RabbitMQ(base)
+            broker.start()
+            atexit.register(lambda: (broker.close(), shutil.rmtree(base, ignore_errors=True)))
+            cls._broker = broker
+        return cls._broker
+
+    def prepare(self) -> None:
+        super().prepare()
+        broker = self.broker()
+        # A virtual host of its own: the peers of a cell run side by side, and consumers of
+        # one peer must not take the other's mail.
+        vhost = self.name
+        broker.ctl("add_vhost", vhost)
+        broker.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        (self.conf / "rabbitmq.properties").write_text(f"uri={broker.uri}{vhost}\n")
+        for queue in ("spool", "outgoing.outgoing"):
+            broker.ctl("purge_queue", "-p", vhost, queue)
+
+    def start(self, workdir: Path, cell: Cell) -> str | None:
+        if self.nodes == 1:
+            return super().start(workdir, cell)
+        front = free_port()
+        err = super().start(workdir, cell)   # the first node, on self.port
+        if err:
+            return err
+        ports = [self.port]
+        second = self.dir / "node2"
+        shutil.rmtree(second, ignore_errors=True)
+        shutil.copytree(self.conf, second / "conf")
+        (second / "var").mkdir(parents=True)
+        shutil.copy(self._users_db(self.users()), second / "var" / "chainmail.db")
+        ports.append(free_port())
+        xml = second / "conf" / "smtpserver.xml"
+        xml.write_text(xml.read_text().replace(f"127.0.0.1:{self.port}<", f"127.0.0.1:{ports[1]}<"))
+        with open(second / "server.log", "wb") as log:
+            proc = subprocess.Popen([*self.argv, "run", "--conf", str(second / "conf"),
+                                     "--var", str(second / "var")], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=second,
+                                    start_new_session=True)
+        self._others.append((proc, second / "var"))
+        err = wait_smtp_ready(ports[1], proc, START_TIMEOUT)
+        if err:
+            self.stop()
+            return f"second node: {err}\n{tail(second / 'server.log')}"
+        cfg = self.dir / "haproxy.cfg"
+        cfg.write_text("global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                       "  timeout client 400s\n  timeout server 400s\nfrontend smtp\n"
+                       f"  bind 127.0.0.1:{front}\n  default_backend nodes\nbackend nodes\n"
+                       "  balance roundrobin\n"
+                       + "".join(f"  server n{i} 127.0.0.1:{p}\n" for i, p in enumerate(ports)))
+        haproxy = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-f", str(cfg), "-db"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        self._others.append((haproxy, self.dir))
+        self.port = front
+        err = wait_smtp_ready(front, haproxy, START_TIMEOUT)
+        if err:
+            self.stop()
+            return f"haproxy: {err}"
+        return None
+
+    def pids(self) -> list[int]:
+        out = super().pids()
+        for proc, _ in self._others:
+            if proc.poll() is None:
+                out += proc_tree(proc.pid)
+        broker = self._broker
+        if broker is not None and broker.proc is not None and broker.proc.poll() is None:
+            out += proc_tree(broker.proc.pid)
+        return out
+
+    def _vars(self) -> list[Path]:
+        return [self.var, *(var for _, var in self._others if var.name == "var")]
+
+    def delivered(self) -> int | None:
+        return sum(count_files(var / "mail" / u.lower() / "new")
+                   for var in self._vars() for u in self.users())
+
+    def reset(self) -> None:
+        for var in self._vars():
+            for u in self.users():
+                empty_dir(var / "mail" / u.lower() / "new")
+
+    def diagnose(self) -> str:
+        problems = []
+        for log in [self.log, *(var.parent / "server.log" for var in self._vars()[1:])]:
+            if log is not None and log.exists():
+                problems += [line for line in log.read_text(errors="replace").splitlines()
+                             if " ERROR " in line or " WARNING " in line][-3:]
+        return "; ".join([super().diagnose(), *problems])
+
+    def stop(self) -> None:
+        others, self._others = self._others, []
+        for proc, _ in others:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        super().stop()
+
+
 class CountFilePeer(Peer):
     """A peer that writes "<seq> <count>" to a file when signalled (aiosmtpd, Haraka)."""
 
@@ -1452,7 +1596,8 @@ def node_version() -> str:
     return r.stdout.strip() or "unknown"
 
 
-PEER_CHOICES = ["chainmail", "chainmail-pipeline", "aiosmtpd-discard", "aiosmtpd-maildir",
+PEER_CHOICES = ["chainmail", "chainmail-pipeline", "chainmail-rabbitmq", "chainmail-rabbitmq-2n",
+                "aiosmtpd-discard", "aiosmtpd-maildir",
                 "haraka-discard", "haraka-maildir", "postfix-mta", "smtp-sink"]
 
 
@@ -1465,6 +1610,9 @@ def make_peers(args) -> list[Peer]:
         if name in ("chainmail", "chainmail-pipeline"):
             out += [ChainmailPeer(args.chainmail, pipeline=name == "chainmail-pipeline", workers=w)
                     for w in workers]
+        elif name.startswith("chainmail-rabbitmq"):
+            out += [ChainmailBrokerPeer(args.chainmail, nodes=2 if name.endswith("-2n") else 1,
+                                        workers=w) for w in workers]
         elif name.startswith("aiosmtpd-"):
             out.append(AiosmtpdPeer(name.split("-", 1)[1]))
         elif name.startswith("haraka-"):
