@@ -28,8 +28,7 @@ from typing import Any
 import trio
 
 from chainmail.store.amqp.broker import BrokerError, Delivery
-from chainmail.store.amqp.spool import SpoolUnavailable, decode
-from chainmail.store.spool import SpoolFormatError
+from chainmail.store.spool import SpoolUnavailable
 
 from .spooler import MailSpooler
 
@@ -114,16 +113,10 @@ class BrokerSpooler(MailSpooler):
             slots.release()
 
     async def _handle(self, delivery: Delivery) -> None:
-        msg_id = str(delivery.headers.get("id") or "")
-        try:
-            queued, content = decode(msg_id, delivery.body)
-        except SpoolFormatError as exc:
-            log.error("unreadable spool message %r set aside in %s.unreadable: %s", msg_id,
-                      self.spool.queue, exc)
-            with trio.CancelScope(shield=True):
-                await self.spool.set_aside(msg_id, delivery.body)
-                await delivery.ack()
+        unpacked = await self.spool.unpack(delivery)
+        if unpacked is None:
             return
+        msg_id, queued, content = unpacked
         self._deliveries[msg_id] = delivery
         self.in_flight.add(msg_id)
         try:

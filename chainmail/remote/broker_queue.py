@@ -28,8 +28,8 @@ import trio
 
 from chainmail.logctx import about_message
 from chainmail.store.amqp.broker import BrokerError, Delivery
-from chainmail.store.amqp.spool import BrokerSpool, decode
-from chainmail.store.spool import QueuedMessage, SpoolFormatError, SpoolUnavailable
+from chainmail.store.amqp.spool import BrokerSpool
+from chainmail.store.spool import QueuedMessage, SpoolUnavailable
 
 from .queue import ATTR_NEXT_ATTEMPT, OutgoingQueue, queue_id
 
@@ -87,14 +87,10 @@ class BrokerOutgoingQueue(OutgoingQueue):
             pause = min(pause * 2, 5.0)
 
     async def _take(self, delivery: Delivery, nursery: trio.Nursery) -> None:
-        msg_id = str(delivery.headers.get("id") or "")
-        try:
-            entry, content = decode(msg_id, delivery.body)
-        except SpoolFormatError as exc:
-            log.error("unreadable outgoing entry %r set aside in %s.unreadable: %s", msg_id,
-                      self.spool.queue, exc)
-            nursery.start_soon(self._set_aside, msg_id, delivery)
+        unpacked = await self.spool.unpack(delivery)
+        if unpacked is None:
             return
+        msg_id, entry, content = unpacked
         if msg_id in self._deliveries:   # redelivered while this node still holds it
             return
         self._deliveries[msg_id] = (delivery, content)
@@ -105,14 +101,6 @@ class BrokerOutgoingQueue(OutgoingQueue):
             nursery.start_soon(self._later, entry, delay)
             return
         self._dispatch([entry], nursery)
-
-    async def _set_aside(self, msg_id: str, delivery: Delivery) -> None:
-        with trio.CancelScope(shield=True):
-            try:
-                await self.spool.set_aside(msg_id, delivery.body)
-                await delivery.ack()
-            except (BrokerError, SpoolUnavailable) as exc:
-                log.warning("%s: could not set it aside (%s)", msg_id, exc)
 
     async def _later(self, entry: QueuedMessage, delay: float) -> None:
         """Back through a delay queue (confirmed), then acknowledged."""

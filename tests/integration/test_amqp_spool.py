@@ -26,13 +26,18 @@ def broker() -> Iterator[RabbitMQ]:
         yield server
 
 
-def container(repository: str = "file://var/mail/out/", threads: int = 4) -> str:
+def container(repository: str = "file://var/mail/out/", threads: int = 4, *,
+              on_exception: str = "error", root: str | None = None) -> str:
+    """Every mail stored in ``repository`` (or the ``root`` processor's mailets given)."""
+    if root is None:
+        root = (f'<mailet match="All" class="ToRepository" onMailetException="{on_exception}">'
+                f"<repositoryPath>{repository}</repositoryPath></mailet>")
     return f"""<mailetcontainer>
   <context><postmaster>postmaster@local.test</postmaster></context>
   <spooler><threads>{threads}</threads></spooler>
   <processors>
     <processor state="root">
-      <mailet match="All" class="ToRepository"><repositoryPath>{repository}</repositoryPath></mailet>
+      {root}
     </processor>
     <processor state="error">
       <mailet match="All" class="ToRepository"><repositoryPath>file://var/mail/error/</repositoryPath></mailet>
@@ -125,25 +130,13 @@ def _accepts(node, i: int) -> bool:
 
 
 def relay_container(port: int, delay: str = "1 s") -> str:
-    return f"""<mailetcontainer>
-  <context><postmaster>postmaster@local.test</postmaster></context>
-  <spooler><threads>2</threads></spooler>
-  <processors>
-    <processor state="root">
-      <mailet match="All" class="RemoteDelivery">
+    return container(threads=2, root=f"""<mailet match="All" class="RemoteDelivery">
         <outgoing>outgoing</outgoing>
         <gateway>127.0.0.1</gateway>
         <gatewayPort>{port}</gatewayPort>
         <delayTime>{delay}</delayTime>
         <maxRetries>10</maxRetries>
-      </mailet>
-    </processor>
-    <processor state="error">
-      <mailet match="All" class="ToRepository"><repositoryPath>file://var/mail/error/</repositoryPath></mailet>
-    </processor>
-  </processors>
-</mailetcontainer>
-"""
+      </mailet>""")
 
 
 def test_outgoing_queue_on_the_broker_retries_through_a_delay_queue(broker, chainmail_factory):

@@ -257,21 +257,7 @@ def test_queue_commands_see_and_change_the_mail_of_both_nodes(broker, chainmail_
     assert queue_cli(b, "remove", ids["b"]).returncode == 1   # gone for everyone
 
 
-PG_CONTAINER = """<mailetcontainer>
-  <context><postmaster>postmaster@local.test</postmaster></context>
-  <spooler><threads>4</threads></spooler>
-  <processors>
-    <processor state="root">
-      <mailet match="All" class="ToRepository" onMailetException="propagate">
-        <repositoryPath>postgres://var/mail/out/</repositoryPath>
-      </mailet>
-    </processor>
-    <processor state="error">
-      <mailet match="All" class="ToRepository"><repositoryPath>file://var/mail/error/</repositoryPath></mailet>
-    </processor>
-  </processors>
-</mailetcontainer>
-"""
+PG_CONTAINER = container("postgres://var/mail/out/", on_exception="propagate")
 
 
 def test_a_database_crash_loses_nothing_accepted(broker, postgres, chainmail_factory):

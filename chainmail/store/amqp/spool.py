@@ -34,7 +34,7 @@ from ..spool.ids import new_id
 from ..spool.largefiles import _FOOTER_LEN
 from ..spool.record import Envelope, QueuedMessage, SpoolFormatError, _decode_meta
 from ..spool.writer import BUFFER_LIMIT, SpoolUnavailable, SpoolWriter
-from .broker import Broker, BrokerError, Consumer, PublishError
+from .broker import Broker, BrokerError, Consumer, Delivery, PublishError
 from .config import RabbitMQConfig
 
 __all__ = ["BrokerSpool", "SPOOL_QUEUE", "SpoolUnavailable", "decode", "encode"]
@@ -224,6 +224,24 @@ class BrokerSpool:
             raise SpoolUnavailable(f"{msg_id}: {exc}") from exc
 
     # -- consuming
+
+    async def unpack(self, delivery: Delivery) -> tuple[str, QueuedMessage, bytes] | None:
+        """The spool id, entry and content of a delivery; None for one no node can read,
+        which is set aside in ``<queue>.unreadable`` and acknowledged."""
+        msg_id = str(delivery.headers.get("id") or "")
+        try:
+            entry, content = decode(msg_id, delivery.body)
+        except SpoolFormatError as exc:
+            log.error("unreadable message %r set aside in %s.unreadable: %s", msg_id,
+                      self.queue, exc)
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.set_aside(msg_id, delivery.body)
+                    await delivery.ack()
+                except (BrokerError, SpoolUnavailable) as again:
+                    log.warning("%s: could not set it aside (%s)", msg_id, again)
+            return None
+        return msg_id, entry, content
 
     @asynccontextmanager
     async def consume(self, prefetch: int) -> AsyncIterator[Consumer]:
