@@ -244,3 +244,12 @@ def serving_processes(server: ChainmailProcess) -> int:
     """How many processes of ``server`` serve sessions (its workers, or itself): each logs
     its own ``shutting down``, ``TLS certificates reloaded`` and the like."""
     return len(set(re.findall(r"worker (\d+) ready", server.log))) or 1
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_broker():
+    """One RabbitMQ node of the tests' own for the whole run (Debian's rabbitmq-server on
+    127.0.0.1, stopped at the end); tests that stop or restart it start it again."""
+    from chainmail.testing.rabbitmq import rabbitmq_node
+    with rabbitmq_node() as server:
+        yield server

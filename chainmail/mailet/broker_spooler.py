@@ -69,6 +69,7 @@ class BrokerSpooler(MailSpooler):
     async def stop(self) -> None:
         """Take no more mail; return once the mail being processed is done."""
         self._stopping = True
+        self._wake.set()   # threads 0: the idle loop of MailSpooler.run
         if self._intake is not None:
             self._intake.cancel()
         await self._stopped.wait()

@@ -3,7 +3,7 @@ rabbitmq-server, started here as the test's own node on loopback): confirmed pub
 manual acks with redelivery after a consumer dies, delayed redelivery through TTL queues,
 quorum queues surviving a restart, and a publish that fails when the broker is gone.
 
-:func:`chainmail.testing.rabbitmq.rabbitmq_node` starts the broker."""
+The broker is the session's (``rabbitmq_broker`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,21 +20,21 @@ import trio
 from chainmail.config.errors import ConfigError
 from chainmail.store.amqp.broker import Broker, PublishError, delay_queue
 from chainmail.store.amqp.config import RabbitMQConfig, load_rabbitmq, parse_rabbitmq
-from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
+from chainmail.testing.rabbitmq import RabbitMQ
 from tests.conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def rabbitmq() -> Iterator[RabbitMQ]:
-    with rabbitmq_node() as server:
-        yield server
+@pytest.fixture
+def rabbitmq(rabbitmq_broker) -> RabbitMQ:
+    return rabbitmq_broker
 
 
 @pytest.fixture
-def own_rabbitmq() -> Iterator[RabbitMQ]:
-    """A node for one test that stops or restarts it."""
-    with rabbitmq_node() as server:
-        yield server
+def own_rabbitmq(rabbitmq_broker) -> Iterator[RabbitMQ]:
+    """The node, for a test that stops or restarts it: running again afterwards."""
+    yield rabbitmq_broker
+    if rabbitmq_broker.proc is None or rabbitmq_broker.proc.poll() is not None:
+        rabbitmq_broker.start()
 
 
 # --- rabbitmq.properties ----------------------------------------------------------------

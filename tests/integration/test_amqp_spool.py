@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import re
 import smtplib
-from collections.abc import Iterator
 
 import pytest
 
 from chainmail.mailet.repository import RepositoryStore
 from tests.conftest import wait_for, wait_for_log
-from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
+from chainmail.testing.rabbitmq import RabbitMQ
 
 MESSAGE = b"From: a@remote.example\r\nSubject: %d\r\n\r\nbody %d\r\n"
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RabbitMQ]:
-    with rabbitmq_node() as server:
-        yield server
+@pytest.fixture
+def broker(rabbitmq_broker) -> RabbitMQ:
+    return rabbitmq_broker
 
 
 def container(repository: str = "file://var/mail/out/", threads: int = 4, *,

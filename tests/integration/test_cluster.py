@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import CHAINMAIL, need, wait_for, wait_for_log
-from chainmail.testing.rabbitmq import RabbitMQ, rabbitmq_node
+from chainmail.testing.rabbitmq import RabbitMQ
 from tests.integration.test_amqp_spool import container, queued, stored
 from tests.integration.test_postgres_stores import postgres  # noqa: F401  (fixture)
 
@@ -52,19 +52,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RabbitMQ]:
-    with rabbitmq_node() as server:
-        yield server
+@pytest.fixture
+def broker(rabbitmq_broker) -> RabbitMQ:
+    return rabbitmq_broker
 
 
 class Cluster:
     """Two nodes and HAProxy in front of them."""
 
-    def __init__(self, factory, broker: RabbitMQ, base, threads: int = 4) -> None:
+    def __init__(self, factory, broker: RabbitMQ, base, threads: int = 4, *,
+                 files: dict[str, str] | None = None, handlers: str = "") -> None:
         files = {"mailetcontainer.xml": container(threads=threads),
-                 "rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n"}
-        self.nodes = [factory("<proxyRequired>true</proxyRequired>", files=files)
+                 "rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n",
+                 **(files or {})}
+        self.nodes = [factory(f"<proxyRequired>true</proxyRequired>{handlers}", files=files)
                       for _ in range(2)]
         for node in self.nodes:
             wait_for_log(node, r"spool worker\(s\) on queue 'spool'", 20)
@@ -122,6 +123,45 @@ def test_two_nodes_behind_haproxy_deliver_each_mail_once(cluster):
     for node in cluster.nodes:
         assert "queued" in node.log
         assert stored(node), "each node's container processed some of the mail"
+
+
+def test_two_nodes_on_one_broker_and_one_database_are_one_server(broker, postgres,
+                                                                 chainmail_factory, tmp_path):
+    """The users are in PostgreSQL: one added through either node is a valid recipient on
+    both (within the cache's second), and its mail is delivered by whichever node."""
+    from tests.integration.test_postgres_stores import properties as pg_properties
+    broker.ctl("purge_queue", "spool")
+    db = postgres.new_database()
+    cluster = Cluster(chainmail_factory, broker, tmp_path,
+                      files={"postgres.properties": pg_properties(postgres, db)},
+                      handlers='<handlerchain><handler class="org.apache.james.smtpserver.'
+                               'fastfail.ValidRcptHandler"/></handlerchain>')
+    try:
+        a, b = cluster.nodes
+        added = subprocess.run([*CHAINMAIL, "user", "add", "new@local.test", "--password-stdin",
+                                "--conf", str(b.conf), "--var", str(b.var)],
+                               input="secret-pw-1\n", capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+
+        def rcpt(address: str) -> set[int]:   # through HAProxy: both nodes, every worker
+            codes = set()
+            for _ in range(40):
+                with cluster.smtp() as s:
+                    s.ehlo()
+                    s.mail("a@remote.example")
+                    codes.add(s.rcpt(address)[0])
+            return codes
+        wait_for(lambda: rcpt("new@local.test") == {250}, 20, "the new user known everywhere")
+        assert rcpt("nobody@local.test") == {550}
+        for i in range(10):
+            with cluster.smtp() as s:
+                s.sendmail("a@remote.example", ["new@local.test"], f"Subject: p{i}\r\n\r\nb\r\n")
+        counts = wait_for(lambda: (c := cluster.delivered()) and sum(c.values()) >= 10 and c,
+                          30, "every mail processed")
+        assert sorted(counts) == sorted(f"p{i}" for i in range(10))
+        assert a.log.count("queued ") and b.log.count("queued ")   # both nodes took mail
+    finally:
+        cluster.close()
 
 
 class TrackedLoad:
