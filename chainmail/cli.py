@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and every error of the configuration")
     check.add_argument("--strict", action="store_true",
                        help="treat warnings (unknown parameters, ignored elements) as errors")
+    sub.add_parser("migrate-accounts", parents=[common],
+                   help="copy the domains, users (password hashes), aliases and quotas of "
+                        "var/chainmail.db into the PostgreSQL of conf/postgres.properties")
     domain = sub.add_parser("domain", parents=[common], help="manage local domains")
     dsub = domain.add_subparsers(dest="action", required=True)
     for action in ("add", "remove"):
@@ -117,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 # What each command reads: ``queue`` and ``relaycheck`` need no configuration directory;
 # these use the state directory, which ``run`` (once its configuration is good) and the
 # commands of _CREATES_STATE may create.
-_USES_VAR = {"run", "domain", "queue", "user", "alias", "repository", "quota"}
+_USES_VAR = {"run", "domain", "queue", "user", "alias", "repository", "quota",
+             "migrate-accounts"}
 _NO_CONF = {"queue", "relaycheck"}
 _CREATES_STATE = {("domain", "add"), ("user", "add"), ("alias", "add")}
 EXIT_BROKEN_PIPE = 128 + 13   # as a shell reports a tool killed by SIGPIPE
@@ -174,6 +178,8 @@ def _main(args) -> int:
             return cli_queue.run(var, args, conf)
         if args.command == "keystore":
             return _keystore(conf)
+        if args.command == "migrate-accounts":
+            return _migrate_accounts(conf, var)
         if args.command in ("user", "alias"):
             return cli_accounts.run(args, conf, var)
         if args.command in cli_sieve.COMMANDS:
@@ -690,6 +696,30 @@ def _keystore(conf: str) -> int:
             return 1
         print(f"{tls.keystore}: created a self-signed certificate for {', '.join(names)}")
     return 0
+
+
+def _migrate_accounts(conf: str, var: str) -> int:
+    """``chainmail migrate-accounts``: the embedded accounts into PostgreSQL (docs/cluster.md)."""
+    from .store.backends import PostgresBackend, SqliteBackend
+    from .store.copy_accounts import copy_accounts
+    from .store.postgres import FILE, load_postgres
+    from .store.sqlite import DB_FILENAME
+    pg = load_postgres(conf)
+    if pg is None:
+        print(f"chainmail: {os.path.join(conf, FILE)} does not exist: there is no PostgreSQL "
+              "to copy the accounts into", file=sys.stderr)
+        return 2
+    if not os.path.isfile(os.path.join(var, DB_FILENAME)):
+        print(f"chainmail: {os.path.join(var, DB_FILENAME)} does not exist: no embedded "
+              "accounts to copy", file=sys.stderr)
+        return 2
+    done = copy_accounts(SqliteBackend(var), PostgresBackend(pg))
+    print(f"copied into {pg.describe()}: {done.domains} domain(s), {done.users} user(s), "
+          f"{done.mappings} mapping(s), {done.quotas} quota(s); {done.kept} already there, "
+          "kept as they are")
+    for problem in done.problems:
+        print(f"chainmail: not copied: {problem}", file=sys.stderr)
+    return 1 if done.problems else 0
 
 
 def _domain(conf: str, var: str, args) -> int:

@@ -337,6 +337,12 @@ class UsersRepository(_sqlite.RefreshedCache):
             self._upgrade(key, stored, password)
         return ok
 
+    def password_hashes(self) -> dict[str, str]:
+        """Every user and its stored password hash (for moving the users to another store:
+        the hashes are copied, no password is known)."""
+        return {name: stored for name in self.list()
+                if (stored := self._stored_hash(_lookup_key(name))) is not None}
+
     def _new_user(self, username: str, password: str) -> str:
         """The stored form of a user about to be added; ``ValueError`` saying why it
         cannot be (invalid name, domain not local, empty password, already there)."""

@@ -683,3 +683,52 @@ def _verifies(users) -> bool:
         return users.verify("carol@local.test", "secret-pw-1")
     except UsersUnavailable:
         return False
+
+
+def test_migrate_accounts_copies_the_embedded_accounts_once(tmp_path, postgres):
+    """Domains, users (their hashes: the old passwords keep working), aliases, forwards,
+    domain aliases and quotas of var/chainmail.db, into PostgreSQL; a second run keeps
+    what is there."""
+    conf, var = tmp_path / "conf", tmp_path / "var"
+    conf.mkdir()
+    (conf / "domainlist.xml").write_text(
+        "<domainlist><domainnames><domainname>local.test</domainname></domainnames>"
+        "<defaultDomain>local.test</defaultDomain><autodetect>false</autodetect>"
+        "<autodetectIP>false</autodetectIP></domainlist>")
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*CHAINMAIL, *args, "--conf", str(conf), "--var", str(var)],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+    for command in (("domain", "add", "other.test"), ("alias", "add", "postmaster@local.test",
+                                                       "ann@local.test")):
+        done = cli(*command)
+        assert done.returncode == 0, done.stderr
+    for user in ("ann@local.test", "bob@other.test"):
+        assert cli("user", "add", user, "--password-stdin", stdin="old-secret-1\n").returncode == 0
+    assert cli("quota", "set", "ann@local.test", "1000000").returncode == 0
+    embedded = SqliteBackend(var)
+    rrt = embedded.rrt()
+    rrt.add_forward("team@local.test", "bob@other.test")
+    rrt.add_domain_alias("alias.test", "local.test")
+    rrt.close()
+    dbname = postgres.new_database()
+    (conf / "postgres.properties").write_text(properties(postgres, dbname))
+    first = cli("migrate-accounts")
+    assert first.returncode == 0, first.stderr
+    assert "2 user(s), 3 mapping(s), 1 quota(s); 0 already there" in first.stdout, first.stdout
+    backend = open_backend(conf, var)
+    assert isinstance(backend, PostgresBackend)
+    users, rrt, quotas = backend.users(), backend.rrt(), backend.quotas()
+    try:
+        assert users.verify("ann@local.test", "old-secret-1")
+        assert users.verify("bob@other.test", "old-secret-1")
+        assert not users.verify("ann@local.test", "wrong")
+        assert sorted(rrt.resolve("team@local.test")) == ["bob@other.test"]
+        assert rrt.resolve("ann@alias.test") == ["ann@local.test"]
+        assert quotas.get("ann@local.test") == 1000000
+    finally:
+        users.close()
+        rrt.close()
+        quotas.close()
+    again = cli("migrate-accounts")
+    assert again.returncode == 0 and "0 user(s), 0 mapping(s), 0 quota(s)" in again.stdout

@@ -14,6 +14,7 @@ from ..users import (
     _check_new_password,
     _lookup_key,
     hash_password,
+    normalize_username,
 )
 from .cache import PostgresCache
 from .pool import Database
@@ -55,6 +56,13 @@ class PostgresUsersRepository(PostgresCache, UsersRepository):
                               (name, hash_password(password)))
         if count != 1:
             raise UserExistsError(f"user {name} already exists")
+
+    def add_hashed(self, username: str, password_hash: str) -> bool:
+        """Add a user with a hash made by another store (the same format); ``False`` if
+        the user exists (left as it is)."""
+        name = normalize_username(username)
+        return self._execute("INSERT INTO users (username, password_hash) VALUES (%s, %s)"
+                             " ON CONFLICT (username) DO NOTHING", (name, password_hash)) == 1
 
     def remove(self, username: str) -> bool:
         """Remove a user; ``False`` if there was none."""
