@@ -254,7 +254,9 @@ def _spool(var: str, conf: str | None = None, **kwargs):
         rabbitmq = load_rabbitmq(conf)
         if rabbitmq is not None:
             from .store.amqp.spool import BrokerSpool
-            return BrokerSpool(rabbitmq, os.path.join(var, "spool", "tmp"))
+            from .store.postgres.blobs import open_blobs
+            return BrokerSpool(rabbitmq, os.path.join(var, "spool", "tmp"),
+                               blobs=open_blobs(conf))   # large content in PostgreSQL
     from .store.spool import DirectorySpool
     return DirectorySpool(os.path.join(var, "spool"), **kwargs)
 

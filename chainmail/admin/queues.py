@@ -29,14 +29,14 @@ __all__ = ["SPOOL", "queue_names", "outgoing_names", "open_queue", "open_spool",
 #: the name WebAdmin gives the mail spool (James's ``spool`` queue)
 SPOOL = "spool"
 
-_broker: list[Any] = [None]   # the RabbitMQ configuration in force, if any (use_conf)
+_broker: list[Any] = [None, None]   # the RabbitMQ configuration in force, if any, and conf
 
 
 def use_conf(conf: str | None) -> None:
     """The configuration directory of this process: its ``rabbitmq.properties`` puts the
     queues on the broker (``ConfigError`` for a broken one)."""
     from ..store.amqp import load_rabbitmq
-    _broker[0] = load_rabbitmq(conf) if conf is not None else None
+    _broker[:] = [load_rabbitmq(conf) if conf is not None else None, conf]
 
 
 def broker_queue(queue: str) -> Any:
@@ -44,7 +44,9 @@ def broker_queue(queue: str) -> Any:
     if _broker[0] is None:
         return None
     from ..store.amqp.browse import BrokerQueue
-    return BrokerQueue(_broker[0], queue)
+    from ..store.postgres.blobs import open_blobs
+    conf = _broker[1]
+    return BrokerQueue(_broker[0], queue, blobs=lambda: open_blobs(conf))
 
 
 def open_spool(var: str) -> Any:

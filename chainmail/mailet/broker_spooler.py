@@ -143,16 +143,24 @@ class BrokerSpooler(MailSpooler):
             except SpoolUnavailable as exc:
                 log.warning("%s: cannot queue it again (%s); it stays in the queue", msg_id, exc)
                 return
-            await self._remove(msg_id)
+            await self._ack(msg_id)   # the same entry waits on: its content stays
 
     async def _remove(self, msg_id: str, *, durable: bool = True) -> None:
-        """Processed (or queued again): the delivery is acknowledged."""
+        """Processed: the delivery is acknowledged and the entry's content row deleted."""
+        delivery = await self._ack(msg_id)
+        if delivery is not None:
+            await self.spool.forget(delivery)
+
+    async def _ack(self, msg_id: str) -> Delivery | None:
+        """The delivery acknowledged (None when it was not: the broker delivers it again)."""
         delivery = self._deliveries.pop(msg_id, None)
         if delivery is None:
             log.warning("%s: already acknowledged", msg_id)
-            return
+            return None
         try:
             await delivery.ack()
         except BrokerError as exc:
             log.warning("%s: done, but RabbitMQ did not take the acknowledgement (%s): it will "
                         "be processed again", msg_id, exc)
+            return None
+        return delivery

@@ -143,3 +143,5 @@ class BrokerOutgoingQueue(OutgoingQueue):
         except BrokerError as exc:
             log.warning("%s: done, but RabbitMQ did not take the acknowledgement (%s): it "
                         "will be tried again", queue_id(entry), exc)
+            return
+        await self.spool.forget(held[0])

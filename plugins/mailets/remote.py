@@ -134,8 +134,10 @@ class RemoteDelivery(GenericMailet):
             else:   # shared by the nodes: outgoing.<name> on the broker (docs/cluster.md)
                 from chainmail.remote.broker_queue import BrokerOutgoingQueue
                 from chainmail.store.amqp.spool import BrokerSpool
+                from chainmail.store.postgres.blobs import open_blobs
                 spool = BrokerSpool(rabbitmq, os.path.join(self.root, "tmp"),
                                     queue=f"outgoing.{self.settings.outgoing}",
+                                    blobs=open_blobs(self.context.conf_dir),
                                     priority_of=queue_priority if self.settings.use_priority
                                     else None)
                 queue_class = BrokerOutgoingQueue

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import CHAINMAIL, need, wait_for, wait_for_log
+from chainmail.mailet.repository import RepositoryStore
 from chainmail.testing.rabbitmq import RabbitMQ
 from tests.integration.test_amqp_spool import container, queued, stored
 from tests.integration.test_postgres_stores import postgres  # noqa: F401  (fixture)
@@ -353,3 +354,33 @@ def test_a_database_crash_loses_nothing_accepted(broker, postgres, chainmail_fac
         s.ehlo()
         s.mail("a@remote.example")
         assert s.rcpt("nobody@local.test")[0] == 550
+
+
+def test_large_content_waits_in_postgresql_and_leaves_with_its_entry(broker, postgres,
+                                                                    chainmail_factory):
+    """blob.threshold: content at least that large is a row of PostgreSQL while its entry
+    waits in RabbitMQ (listed, shown, processed by another node like any other), and the
+    row goes once the entry has been processed."""
+    from tests.integration.test_postgres_stores import properties as pg_properties
+    broker.ctl("purge_queue", "spool")
+    db = postgres.new_database()
+    files = {"rabbitmq.properties": f"uri={broker.uri}\nblob.threshold=4k\n",
+             "postgres.properties": pg_properties(postgres, db)}
+    front = chainmail_factory(files={**files, "mailetcontainer.xml": container(threads=0)})
+    wait_for_log(front, r"spool: queue 'spool'", 20)
+    large = "Subject: large\r\n\r\n" + "".join(f"line {i:05d} of the large one\r\n"
+                                             for i in range(400))
+    with front.smtp() as s:
+        s.sendmail("a@remote.example", ["u@local.test"], large)
+        s.sendmail("a@remote.example", ["u@local.test"], "Subject: small\r\n\r\nb\r\n")
+    [(rows, size)] = postgres.admin("SELECT count(*), max(size) FROM mail_blobs", db)
+    assert rows == 1 and size >= len(large)   # the small one travels in its queue message
+    listed = queue_cli(front, "list")
+    assert "2 message(s) queued" in listed.stdout, listed.stdout + listed.stderr
+    back = chainmail_factory(files={**files, "mailetcontainer.xml": container()})
+    wait_for(lambda: sorted(stored(back)) == ["large", "small"], 30, "both processed")
+    repo = RepositoryStore(str(back.var)).get("file://var/mail/out/")
+    contents = [repo.retrieve(k).content for k in repo.keys()]
+    assert any(c.endswith(large.split("\r\n\r\n", 1)[1].encode()) for c in contents)
+    wait_for(lambda: postgres.admin("SELECT count(*) FROM mail_blobs", db) == [(0,)], 10,
+             "the content row gone with its entry")

@@ -28,7 +28,7 @@ from trio_asyncio import aio_as_trio
 from ..spool.record import Envelope, QueuedMessage, SpoolFormatError, _encode_meta
 from .broker import Broker, _broker_errors, delay_queue
 from .config import RabbitMQConfig
-from .spool import _BUCKETS, decode, encode
+from .spool import _BUCKETS, blob_key, decode, encode, encode_reference
 
 __all__ = ["BrokerQueue", "HELD_SUFFIX", "MAX_BROWSE"]
 
@@ -43,10 +43,11 @@ Pick = Callable[[QueuedMessage], bool]
 class _Taken:
     """One message taken on the browsing channel: requeued unless acked."""
 
-    def __init__(self, message: Any, source: str) -> None:
+    def __init__(self, message: Any, source: str, fetch: Callable[[str], bytes] | None) -> None:
         self.message, self.source = message, source
         self.id = str((message.headers or {}).get("id") or "")
-        self.entry, self.content = decode(self.id, message.body)
+        self.blob = blob_key(message.body)   # its content is in the blob store
+        self.entry, self.content = decode(self.id, message.body, fetch)
 
 
 class BrokerQueue:
@@ -56,9 +57,23 @@ class BrokerQueue:
 
     root = None   # no directory: flush requests are not files
 
-    def __init__(self, config: RabbitMQConfig, queue: str) -> None:
+    def __init__(self, config: RabbitMQConfig, queue: str, *,
+                 blobs: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.queue = queue
+        self._open_blobs = blobs   # the blob store (PostgreSQL), opened when one is needed
+        self._blobs: Any = None
+
+    def _blob_store(self) -> Any:
+        if self._blobs is None and self._open_blobs is not None:
+            self._blobs = self._open_blobs()
+        return self._blobs
+
+    def _fetch(self, key: str) -> bytes:
+        store = self._blob_store()
+        if store is None:
+            raise KeyError(key)
+        return bytes(store.get(key))
 
     def describe(self) -> str:
         return f"queue {self.queue!r} on {self.config.describe()}"
@@ -137,10 +152,13 @@ class BrokerQueue:
                     if edit is not None:
                         entry = each.entry
                         edit(entry.envelope)
-                        body = encode(_encode_meta(entry.id, entry.envelope, entry.queued_at),
-                                      each.content)
+                        meta = _encode_meta(entry.id, entry.envelope, entry.queued_at)
+                        body = encode_reference(meta, each.blob) if each.blob is not None \
+                            else encode(meta, each.content)
                     await broker.publish(to, body, {"id": each.id}, each.message.priority)
                 await aio_as_trio(each.message.ack)()
+                if to is None and each.blob is not None and self._blob_store() is not None:
+                    await trio.to_thread.run_sync(self._blob_store().delete, each.blob)
                 done += 1
             return done
         return self._with_taken(queues, change)
@@ -164,8 +182,7 @@ class BrokerQueue:
                             pass
         return run
 
-    @staticmethod
-    async def _take_all(broker: Broker, channel: Any, name: str) -> List[_Taken]:
+    async def _take_all(self, broker: Broker, channel: Any, name: str) -> List[_Taken]:
         """Every message waiting in ``name`` (none if there is no such queue)."""
         exists = await broker.exists(name)
         if not exists:
@@ -177,7 +194,7 @@ class BrokerQueue:
             if message is None:
                 break
             try:
-                taken.append(_Taken(message, name))
+                taken.append(_Taken(message, name, self._fetch))
             except SpoolFormatError:
                 continue   # not chainmail's: left alone (requeued with the rest)
         return taken
@@ -192,6 +209,10 @@ class BrokerQueue:
             if first is exc:
                 raise
             raise first from exc
+        finally:
+            if self._blobs is not None:
+                self._blobs.close()
+                self._blobs = None
 
 
 def _age(entry: QueuedMessage) -> tuple[float, str]:

@@ -39,7 +39,7 @@ _KNOWN = {"uri", "hosts", "management.uri", "management.user", "management.passw
           "quorum.queues.enable", "quorum.queues.replication.factor", "ssl.enabled",
           "ssl.management.enabled", "ssl.validation.strategy", "ssl.truststore",
           "ssl.truststore.password", "ssl.hostname.verifier", "ssl.keystore",
-          "ssl.keystore.password", "publish.confirm.timeout"}
+          "ssl.keystore.password", "publish.confirm.timeout", "blob.threshold"}
 #: James keys for its own connection pools, Cassandra views and tasks: nothing to do here
 _IGNORED_PREFIXES = ("connection.pool.", "channel.pool.", "mailqueue.", "task.",
                      "notification.", "event.bus.", "cassandra.")
@@ -61,6 +61,9 @@ class RabbitMQConfig:
     ssl_keystore: str | None = None
     ssl_keystore_password: str | None = None
     confirm_timeout: float = 10.0
+    #: content at least this large goes to PostgreSQL's blob table (with postgres.properties),
+    #: the queue message carrying a reference; 0: always in the queue message
+    blob_threshold: int = 1024 * 1024
     file: str = ""
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     warnings: tuple[ConfigWarning, ...] = ()
@@ -186,6 +189,14 @@ def parse_rabbitmq(text: str, path: str, conf_dir: str) -> RabbitMQConfig:
             raise fail("publish.confirm.timeout",
                        f"{values['publish.confirm.timeout']!r}: expected more than 0 seconds")
 
+    blob_threshold = 1024 * 1024
+    if values.get("blob.threshold"):
+        from ...config.size import parse_size
+        try:
+            blob_threshold = parse_size(values["blob.threshold"], "B")
+        except ValueError as exc:
+            raise fail("blob.threshold", str(exc)) from None
+
     return RabbitMQConfig(
         uri=uri, hosts=tuple(hosts), management_uri=management_uri,
         management_user=values.get("management.user") or None,
@@ -196,4 +207,4 @@ def parse_rabbitmq(text: str, path: str, conf_dir: str) -> RabbitMQConfig:
         ssl_hostname_verifier=choice("ssl.hostname.verifier", HOSTNAME_VERIFIERS),
         ssl_keystore=pem_file("ssl.keystore"),
         ssl_keystore_password=values.get("ssl.keystore.password") or None,
-        confirm_timeout=timeout, file=path, lines=lines, warnings=tuple(warnings))
+        confirm_timeout=timeout, blob_threshold=blob_threshold, file=path, lines=lines, warnings=tuple(warnings))

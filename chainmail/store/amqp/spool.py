@@ -37,7 +37,8 @@ from ..spool.writer import BUFFER_LIMIT, SpoolUnavailable, SpoolWriter
 from .broker import Broker, BrokerError, Consumer, Delivery, PublishError
 from .config import RabbitMQConfig
 
-__all__ = ["BrokerSpool", "SPOOL_QUEUE", "SpoolUnavailable", "decode", "encode"]
+__all__ = ["BrokerSpool", "SPOOL_QUEUE", "SpoolUnavailable", "blob_key", "decode", "encode",
+           "encode_reference"]
 
 log = logging.getLogger("chainmail.store.amqp")
 
@@ -47,8 +48,11 @@ SPOOL_QUEUE = "spool"
 RECONNECT_MAX = 5.0
 #: how often the connection is looked at (seconds)
 WATCH_INTERVAL = 0.2
+#: how long an entry whose content could not be read from PostgreSQL waits (seconds)
+BLOB_RETRY = 5.0
 
-_MAGIC = b"CMQ1"
+_MAGIC = b"CMQ1"        # the content follows the envelope
+_MAGIC_BLOB = b"CMQB"   # the key of the content's row in PostgreSQL follows
 _LEN = struct.Struct(">I")
 
 
@@ -58,15 +62,40 @@ def encode(meta: bytes, content: bytes | bytearray) -> bytes:
     return b"".join((_MAGIC, _LEN.pack(len(meta)), meta, content))
 
 
-def decode(msg_id: str, body: bytes) -> tuple[QueuedMessage, bytes]:
-    """The queued message and its content; ``SpoolFormatError`` for anything else."""
-    if body[:4] != _MAGIC or len(body) < 8:
+def encode_reference(meta: bytes, key: str) -> bytes:
+    """A queue message whose content is in the blob store under ``key``."""
+    return b"".join((_MAGIC_BLOB, _LEN.pack(len(meta)), meta, key.encode("ascii")))
+
+
+def blob_key(body: bytes) -> str | None:
+    """The blob key a queue message refers to; None when it carries its content."""
+    if body[:4] != _MAGIC_BLOB or len(body) < 8:
+        return None
+    (meta_len,) = _LEN.unpack_from(body, 4)
+    return body[8 + meta_len:].decode("ascii", "replace")
+
+
+def decode(msg_id: str, body: bytes,
+           fetch: Callable[[str], bytes] | None = None) -> tuple[QueuedMessage, bytes]:
+    """The queued message and its content (``fetch(key)`` reads content kept in the blob
+    store); ``SpoolFormatError`` for anything else."""
+    if body[:4] not in (_MAGIC, _MAGIC_BLOB) or len(body) < 8:
         raise SpoolFormatError(f"{msg_id}: not a chainmail queue message")
     (meta_len,) = _LEN.unpack_from(body, 4)
     if 8 + meta_len > len(body):
         raise SpoolFormatError(f"{msg_id}: queue message cut short")
     queued_at, envelope = _decode_meta(memoryview(body)[8:8 + meta_len], msg_id)
     content = body[8 + meta_len:]
+    if body[:4] == _MAGIC_BLOB:
+        key = content.decode("ascii", "replace")
+        if fetch is None:
+            raise SpoolFormatError(f"{msg_id}: its content is in the blob store {key!r}, "
+                                   "which is not configured (postgres.properties)")
+        try:
+            content = fetch(key)
+        except KeyError:
+            raise SpoolFormatError(f"{msg_id}: its content {key!r} is not in the blob "
+                                   "store") from None
     return QueuedMessage(msg_id, envelope, len(content), queued_at, path=""), content
 
 
@@ -79,8 +108,11 @@ class BrokerSpool:
 
     def __init__(self, config: RabbitMQConfig, tmp_dir: str | os.PathLike[str], *,
                  queue: str = SPOOL_QUEUE, buffer_limit: int = BUFFER_LIMIT,
-                 priority_of: Callable[[Envelope], int | None] | None = None) -> None:
+                 priority_of: Callable[[Envelope], int | None] | None = None,
+                 blobs: Any = None) -> None:
         self.config = config
+        #: large content in PostgreSQL (``chainmail.store.postgres.blobs.BlobStore``)
+        self.blobs = blobs if config.blob_threshold > 0 else None
         self.queue = queue
         #: the AMQP priority (0-9) of a message, for classic queues (quorum queues of
         #: RabbitMQ before 4.0 ignore priorities)
@@ -170,7 +202,30 @@ class BrokerSpool:
         return os.path.join(self.tmp_dir, msg_id)
 
     async def _commit_record(self, msg_id: str, meta: bytes, body: bytearray) -> None:
-        await self._publish(msg_id, encode(meta, body), self._priority(msg_id, meta))
+        await self._publish(msg_id, await self._message(msg_id, meta, body),
+                            self._priority(msg_id, meta))
+
+    async def _message(self, msg_id: str, meta: bytes, content: bytes | bytearray) -> bytes:
+        """The queue message of an entry: its content inline, or in the blob store (stored
+        and committed now) when it is large."""
+        if self.blobs is None or len(content) < self.config.blob_threshold:
+            return encode(meta, content)
+        try:
+            await trio.to_thread.run_sync(self.blobs.put, msg_id, bytes(content))
+        except Exception as exc:   # the database's errors: not accepted, nothing kept
+            raise SpoolUnavailable(f"{msg_id}: content not stored in PostgreSQL: "
+                                   f"{' '.join(str(exc).split())}") from exc
+        return encode_reference(meta, msg_id)
+
+    async def forget(self, delivery: Delivery) -> None:
+        """The entry of ``delivery`` has left the queue: its content row goes too."""
+        key = blob_key(delivery.body)
+        if key is None or self.blobs is None:
+            return
+        try:
+            await trio.to_thread.run_sync(self.blobs.delete, key)
+        except Exception as exc:
+            log.warning("%s: content row not deleted (%s); the blob sweep removes it", key, exc)
 
     def _priority(self, msg_id: str, meta: bytes) -> int | None:
         if self.priority_of is None:
@@ -193,7 +248,8 @@ class BrokerSpool:
                 _unlink_quietly(path)
         head = await trio.to_thread.run_sync(read)
         meta = tail[:-_FOOTER_LEN]
-        await self._publish(msg_id, encode(meta, head + bytes(buf)), self._priority(msg_id, meta))
+        await self._publish(msg_id, await self._message(msg_id, meta, head + bytes(buf)),
+                            self._priority(msg_id, meta))
 
     async def _publish(self, msg_id: str, body: bytes, priority: int | None = None) -> None:
         broker = self._broker
@@ -230,7 +286,11 @@ class BrokerSpool:
         which is set aside in ``<queue>.unreadable`` and acknowledged."""
         msg_id = str(delivery.headers.get("id") or "")
         try:
-            entry, content = decode(msg_id, delivery.body)
+            if blob_key(delivery.body) is not None and self.blobs is not None:
+                entry, content = await trio.to_thread.run_sync(
+                    decode, msg_id, delivery.body, self.blobs.get)
+            else:
+                entry, content = decode(msg_id, delivery.body)
         except SpoolFormatError as exc:
             log.error("unreadable message %r set aside in %s.unreadable: %s", msg_id,
                       self.queue, exc)
@@ -240,6 +300,17 @@ class BrokerSpool:
                     await delivery.ack()
                 except (BrokerError, SpoolUnavailable) as again:
                     log.warning("%s: could not set it aside (%s)", msg_id, again)
+            return None
+        except Exception as exc:   # its content cannot be read now (the database is down)
+            log.warning("%s: content not readable now (%s); looked at again in %.0f s",
+                        msg_id, ' '.join(str(exc).split()), BLOB_RETRY)
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.publish(msg_id, delivery.body, delay=BLOB_RETRY)
+                    await delivery.ack()
+                except (BrokerError, SpoolUnavailable) as again:
+                    log.warning("%s: not queued again (%s); the broker delivers it again",
+                                msg_id, again)
             return None
         return msg_id, entry, content
 
