@@ -159,6 +159,23 @@ def _database(name: str, path: str) -> Callable[[], Awaitable[Check]]:
     return check
 
 
+def _postgres(name: str, database: Any) -> Callable[[], Awaitable[Check]]:
+    """PostgreSQL answers a query (lookups go on from memory meanwhile; changes, AUTH and
+    greylisting fail until it does)."""
+    def ask() -> None:
+        with database.connection() as conn:
+            conn.execute("SELECT 1")
+
+    async def check() -> Check:
+        try:
+            await trio.to_thread.run_sync(ask)
+        except Exception as exc:   # psycopg's errors, the pool's timeout
+            return Check(name, UNHEALTHY, f"{database.config.describe()}: "
+                                          f"{' '.join(str(exc).split())}")
+        return Check(name, HEALTHY)
+    return check
+
+
 def _probe_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
@@ -278,6 +295,10 @@ def _probes(*, var: str | None, spool: Any, database: str | None, mailboxes: str
         probes["Spool"] = _writable("Spool", tmp if os.path.lexists(tmp) else root)
     if hasattr(spool, "connected"):
         probes["RabbitMQ"] = _broker("RabbitMQ", spool)
+    database_of = (getattr(getattr(c, "users", None), "database", None) for c in contexts)
+    shared = next((d for d in database_of if hasattr(d, "connection")), None)
+    if shared is not None:   # the accounts (and the rest) in PostgreSQL
+        probes["PostgreSQL"] = _postgres("PostgreSQL", shared)
     if mailboxes is not None:
         # Not created until the first delivery: then whoever creates it must be able to.
         where = mailboxes if os.path.isdir(mailboxes) else os.path.dirname(mailboxes)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import CHAINMAIL, need, wait_for, wait_for_log
@@ -310,9 +311,13 @@ def test_a_database_crash_loses_nothing_accepted(broker, postgres, chainmail_fac
     from tests.integration.test_postgres_stores import properties as pg_properties
     broker.ctl("purge_queue", "spool")
     dbname = postgres.new_database()
+    from tests.integration.test_webadmin import properties as webadmin_properties
+    from tests.integration.test_webadmin import webadmin_url
     files = {"rabbitmq.properties": f"uri={broker.uri}\npublish.confirm.timeout=5s\n",
-             "postgres.properties": pg_properties(postgres, dbname),
-             "mailetcontainer.xml": PG_CONTAINER}
+             # a short timeout: the outage below stays within the container's retries
+             "postgres.properties": pg_properties(postgres, dbname,
+                                                  **{"jooq.reactive.timeout": "2second"}),
+             "mailetcontainer.xml": PG_CONTAINER, "webadmin.properties": webadmin_properties()}
     node = chainmail_factory(
         "<handlerchain><handler class=\"org.apache.james.smtpserver.fastfail.ValidRcptHandler\"/>"
         "</handlerchain>", files=files)
@@ -342,11 +347,17 @@ def test_a_database_crash_loses_nothing_accepted(broker, postgres, chainmail_fac
     wait_for(known_everywhere, 20, "the new user known to every worker")
     for i in range(10):
         send(f"d{i}")
+    def health(name: str) -> tuple[int, dict]:
+        answer = httpx.get(f"{webadmin_url(node)}/healthcheck/checks/{name}", timeout=20)
+        return answer.status_code, answer.json()
+    assert health("PostgreSQL")[0] == 200 and health("RabbitMQ")[0] == 200
     postgres.crash()
     try:
         for i in range(10, 20):   # sent while the database is down
             send(f"d{i}")
         wait_for_log(node, r"processing failed \(attempt 1\)", 20)   # the container retries
+        status, body = health("PostgreSQL")
+        assert status == 503 and body["status"] == "unhealthy", body
     finally:
         postgres.restart()
     wait_for(lambda: stored() >= set(accepted), 90, "every accepted mail stored")
