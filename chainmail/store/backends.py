@@ -34,6 +34,7 @@ from .users import UsersRepository
 if TYPE_CHECKING:
     from .mailbox import QuotaTable
     from .postgres.greylist import PostgresGreylist
+    from .postgres.spamtrap import PostgresSpamTrap
 
 __all__ = ["PostgresBackend", "SqliteBackend", "open_backend"]
 
@@ -108,6 +109,11 @@ class PostgresBackend:
         """The greylisting triplets, asked per RCPT."""
         from .postgres.greylist import PostgresGreylist
         return PostgresGreylist(self.database)
+
+    def spamtrap(self) -> PostgresSpamTrap:
+        """SpamTrapHandler's block list, asked per RCPT."""
+        from .postgres.spamtrap import PostgresSpamTrap
+        return PostgresSpamTrap(self.database)
 
 
 def open_backend(conf: str | os.PathLike[str],

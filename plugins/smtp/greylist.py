@@ -156,7 +156,8 @@ class JDBCGreylistHandler:
         ``GreylistUnavailable`` when the database does not answer."""
         if self.postgres is not None:
             if self._shared is None or self._shared_pid != os.getpid():
-                self._shared, self._shared_pid = shared_triplets(self.postgres), os.getpid()
+                self._shared = shared_store(self.postgres, "greylist", GreylistUnavailable)
+                self._shared_pid = os.getpid()
             return self._shared.check(network, sender.lower(), recipient.lower(), now=now,
                                       temp_block=self.temp_block,
                                       whitelist_life=self.whitelist_life,
@@ -203,45 +204,46 @@ class JDBCGreylistHandler:
 
 
 _shared_lock = threading.Lock()
-_shared: dict[tuple, Any] = {}   # (pid, database) -> PostgresGreylist
-_failed: dict[tuple, tuple[float, str]] = {}   # (pid, database) -> (retry at, why)
+_shared: dict[tuple, Any] = {}   # (pid, kind, database) -> its store (PostgresGreylist ...)
+_failed: dict[tuple, tuple[float, str]] = {}   # (pid, kind, database) -> (retry at, why)
 
 #: Seconds after a failed opening during which RCPTs are answered without trying again
 #: (one connection attempt at a time, not one per waiting RCPT).
 RETRY_OPEN = 1.0
 
 
-def shared_triplets(postgres: Any) -> Any:
-    """The PostgreSQL triplets of this process for ``postgres`` (a ``PostgresConfig``, or
-    the ``ConfigError`` of a bad ``postgres.properties``), opened at the first use and
-    again after a failed opening; ``GreylistUnavailable`` when that fails.
+def shared_store(postgres: Any, kind: str, unavailable: type[Exception]) -> Any:
+    """The PostgreSQL store ``kind`` of handler state (``greylist``, ``spamtrap``: the
+    backend's method of that name) of this process for ``postgres`` (a ``PostgresConfig``,
+    or the ``ConfigError`` of a bad ``postgres.properties``), opened at the first use and
+    again after a failed opening; ``unavailable`` is raised when that fails.
 
     Handlers have no end of life: one store (one pool) per process serves every handler
     and every configuration generation using the same database, so reloads open nothing
     new.  The first use of another database (a reload that changed the file) closes the
     older one's store; an old session still using it then gets ``451 4.3.0``."""
     if isinstance(postgres, ConfigError):
-        raise GreylistUnavailable(str(postgres))
+        raise unavailable(str(postgres))
     from chainmail.store.backends import PostgresBackend
     pid = os.getpid()
-    key = (pid, postgres.conninfo(), postgres.pool_initial_size, postgres.pool_max_size)
+    key = (pid, kind, postgres.conninfo(), postgres.pool_initial_size, postgres.pool_max_size)
     with _shared_lock:
         store = _shared.get(key)
         if store is not None:
             return store
         retry_at, why = _failed.get(key, (0.0, ""))
         if time.monotonic() < retry_at:
-            raise GreylistUnavailable(why)
+            raise unavailable(why)
         try:
-            store = PostgresBackend(postgres).greylist()
+            store = getattr(PostgresBackend(postgres), kind)()
         except ConfigError as exc:   # unreachable or refusing
             _failed[key] = (time.monotonic() + RETRY_OPEN, exc.message)
-            raise GreylistUnavailable(exc.message) from exc
+            raise unavailable(exc.message) from exc
         _failed.pop(key, None)
         for old in list(_shared):
-            if old[0] == pid:
+            if old[0] == pid and old[1] == kind:
                 _shared.pop(old).close()
-            else:   # a parent's, inherited by fork: its sockets are not this process's
+            elif old[0] != pid:   # a parent's, inherited by fork: not this process's sockets
                 del _shared[old]
         _shared[key] = store
         return store

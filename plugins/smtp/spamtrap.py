@@ -2,19 +2,25 @@
 spammer; refuse every recipient it gives for ``blockTime`` milliseconds.
 
 The block list is kept in the shared SQLite database (``<var>/chainmail.db``), so a client
-blocked by one worker process is refused by all of them, and on its next connection.
+blocked by one worker process is refused by all of them, and on its next connection; with
+``conf/postgres.properties``, in PostgreSQL, so that every node refuses it
+(:mod:`chainmail.store.postgres.spamtrap`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
+from typing import Any
 
-from chainmail.protocol.replies import Reply
+from chainmail.config.errors import ConfigError
+from chainmail.protocol.replies import R, Reply
+from chainmail.store.postgres.spamtrap import SpamTrapUnavailable
 from chainmail.verdict import HookResult
 
-from .greylist import SharedTable
+from .greylist import SharedTable, shared_store
 
 __all__ = ["SpamTrapHandler"]
 
@@ -54,6 +60,14 @@ class SpamTrapHandler:
         self.traps = frozenset(t.strip("<>").lower() for t in traps)
         self.block_seconds = config.get_int("blockTime", 4320000) / 1000
         self.table = SharedTable(COMPONENT, MIGRATIONS)
+        # conf/postgres.properties: the block list of every node (as greylisting's triplets)
+        from chainmail.store.postgres.config import load_postgres
+        self.postgres: Any = None
+        if config.file:
+            try:
+                self.postgres = load_postgres(os.path.dirname(os.path.abspath(config.file)))
+            except ConfigError as exc:
+                self.postgres = exc
 
     def on_rcpt(self, session, recipient):
         ip = session.remote_ip
@@ -67,10 +81,18 @@ class SpamTrapHandler:
                 return HookResult.reply(BLOCKED)
         except sqlite3.Error:
             log.exception("%s: spam trap block list unavailable", session)
+        except SpamTrapUnavailable as exc:   # the shared list: unknown whether it is blocked
+            log.warning("%s: spam trap block list in PostgreSQL unavailable: %s", session, exc)
+            return HookResult.reply(R.unable_to_process)
         return None
+
+    def _shared(self) -> Any:
+        return shared_store(self.postgres, "spamtrap", SpamTrapUnavailable)
 
     def blocked(self, server, ip: str, now: float | None = None) -> bool:
         """Whether ``ip`` is blocked now (an expired block is removed)."""
+        if self.postgres is not None:
+            return self._shared().blocked(ip)
         now = time.time() if now is None else now
         with self.table.lock:
             conn = self.table.connection(server)
@@ -86,6 +108,9 @@ class SpamTrapHandler:
 
     def block(self, server, ip: str, now: float | None = None) -> None:
         """Block ``ip`` for ``blockTime`` from ``now``."""
+        if self.postgres is not None:
+            self._shared().block(ip, self.block_seconds)
+            return
         now = time.time() if now is None else now
         with self.table.lock:
             conn = self.table.connection(server)

@@ -382,3 +382,37 @@ def test_a_reload_leaves_no_greylist_connections_behind(chainmail_factory, postg
         assert rcpt() == TEMP_REJECTED
     assert wait_for(lambda: connections() == opened, timeout=10,
                     what="the greylist pools of the old generations closed")
+
+
+SPAMTRAP = ('<handler class="org.apache.james.smtpserver.fastfail.SpamTrapHandler">'
+            '<spamTrapRecip>trap@local.test</spamTrapRecip><blockTime>60000</blockTime>'
+            '</handler>')
+BLOCKED = (554, b"5.7.1 Email rejected")
+
+
+def test_a_client_caught_by_the_spam_trap_of_one_node_is_refused_by_another(chainmail_factory,
+                                                                           postgres):
+    dbname = postgres.new_database()
+    files = {"postgres.properties": properties(postgres, dbname,
+                                               **{"jooq.reactive.timeout": "2s"})}
+    a, b = (chainmail_factory(handlers=SPAMTRAP, files=files) for _ in range(2))
+
+    def rcpt(server, address: str) -> tuple[int, bytes]:
+        with smtplib.SMTP(server.host, server.port, local_hostname="c.example",
+                          timeout=30) as client:
+            client.ehlo()
+            assert client.mail("sender@remote.example")[0] == 250
+            return client.rcpt(address)
+    assert rcpt(b, "user@local.test")[0] == 250
+    assert rcpt(a, "trap@local.test") == BLOCKED
+    assert rcpt(b, "user@local.test") == BLOCKED   # the other node knows
+    assert [ip for (ip,) in postgres.admin("SELECT ip FROM spamtrap_blocks", dbname)] == \
+        ["127.0.0.1"]
+    assert _no_sqlite_table(a.var, "spamtrap_blocks")
+    postgres.admin(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS false")
+    postgres.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                   f"'{dbname}'")
+    try:   # the list cannot be read: not refused for good, not let through
+        assert rcpt(b, "user@local.test") == UNAVAILABLE
+    finally:
+        postgres.admin(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
