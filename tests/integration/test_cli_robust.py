@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -165,11 +166,22 @@ def test_run_creates_the_default_var_on_first_start(tmp_path):
     write_conf(tmp_path)
     proc = subprocess.Popen([*CHAINMAIL, "run"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (tmp_path / "var" / "spool").is_dir(), "the spool in ./var")
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:   # SIGTERM once it serves: before, the signal's default action would end it
+        wait_for(lambda: any("chainmail ready" in line for line in lines), "ready")
+        assert (tmp_path / "var" / "spool").is_dir()
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(30)
+        reader.join(10)
+    err = "".join(lines)
     assert proc.returncode == 0, err
     assert f"created state directory {tmp_path / 'var'} (first start)" in err
 
