@@ -13,7 +13,7 @@ TEST_STAMP:= $(TEST_VENV)/.installed
 TEST_PLUGINS := $(wildcard tests/plugins/*/pyproject.toml)
 CONF      ?= conf
 VAR       ?= var
-PYTEST    ?= -q --durations=15
+PYTEST    ?= -q --durations=15 -n 2
 
 .PHONY: run test typecheck system-tools bench check-config clean
 

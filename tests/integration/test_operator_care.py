@@ -89,7 +89,9 @@ def test_a_broken_maildir_is_retried_then_delivered_once_repaired(chainmail_fact
     [m] = wait_for(lambda: inbox(server, "carol@local.test"), what="the retried delivery")
     assert m["Subject"] == "retried"
     assert inbox(server, "bob@local.test") == []   # no bounce
-    assert f"{qid}: delivered to <carol@local.test>" in server.log
+    # logged just after the delivery it reports
+    wait_for(lambda: f"{qid}: delivered to <carol@local.test>" in server.log,
+             what="the delivery logged")
 
 
 def test_retries_exhausted_bounce_with_a_permanent_status_and_no_server_path(chainmail_factory):

@@ -528,7 +528,9 @@ def test_a_tls_client_that_never_pauses_does_not_hold_up_the_others(chainmail_fa
     finally:
         stop.set()
         thread.join(10)
-    assert took < 3, f"the other client waited {took:.1f} s"
+    # Held up, it would wait for the flood to end (20 s); served fairly it takes a fraction
+    # of a second, a few seconds when other tests load the machine.
+    assert took < 8, f"the other client waited {took:.1f} s"
     assert during > 1000
     assert len(server.queued()) == 1
 

@@ -293,16 +293,6 @@ class Broker:
                 except _broker_errors():
                     pass   # closed by the broker meanwhile
 
-    async def message_count(self, queue: str) -> int:
-        """The messages ready in ``queue`` (those consumers hold unacked are not counted)."""
-        await self.declare(queue)
-        try:
-            declared = await aio_as_trio(self._channel.declare_queue)(
-                queue, durable=True, passive=True)
-        except _broker_errors() as exc:
-            raise BrokerError(f"count {queue}: {exc!r}") from exc
-        return int(declared.declaration_result.message_count or 0)
-
     def consume(self, queue: str, prefetch: int) -> Consumer:
         """The deliveries of ``queue`` (declared if need be), acked by hand."""
         if prefetch < 1:

@@ -322,20 +322,7 @@ class BrokerSpool:
         async with broker.consume(self.queue, prefetch) as consumer:
             yield consumer
 
-    async def count(self) -> int:
-        """Messages ready in the queue (not those a consumer holds)."""
-        broker = await self.wait_connected()
-        return await broker.message_count(self.queue)
-
     # -- life cycle
-
-    def recover(self) -> int:
-        """Temporary files of messages that were arriving when the node stopped."""
-        removed = 0
-        for name in os.listdir(self.tmp_dir):
-            _unlink_quietly(os.path.join(self.tmp_dir, name))
-            removed += 1
-        return removed
 
     async def aclose(self) -> None:
         self._closed = True
