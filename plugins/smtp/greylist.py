@@ -114,16 +114,7 @@ class JDBCGreylistHandler:
             raise config.error("whitelistedNetworks", warning.message)
         self.table = SharedTable(COMPONENT, MIGRATIONS)
         self._next_cleanup = 0.0
-        # The same switch as the account stores': conf/postgres.properties, connected at
-        # the first RCPT.  A bad file is reported by the account stores, which then stop
-        # the start; here it only keeps the triplets from ever falling back to SQLite.
-        from chainmail.store.postgres.config import load_postgres
-        self.postgres: Any = None
-        if config.file:
-            try:
-                self.postgres = load_postgres(os.path.dirname(os.path.abspath(config.file)))
-            except ConfigError as exc:
-                self.postgres = exc
+        self.postgres = handler_postgres(config)
         self._shared: Any = None   # the PostgreSQL triplets, once opened
         self._shared_pid = 0
         self._outage = False   # logged once per outage
@@ -201,6 +192,21 @@ class JDBCGreylistHandler:
         conn.execute("DELETE FROM greylist WHERE count > 0 AND create_time < ?",
                      (now - self.whitelist_life,))
         self._next_cleanup = now + CLEANUP_INTERVAL
+
+
+def handler_postgres(config) -> Any:
+    """Where a handler keeps its state: the ``PostgresConfig`` of the handler's
+    ``conf/postgres.properties`` (connected at the first RCPT), None without it, or the
+    ``ConfigError`` of a bad file.  The same switch as the account stores': a bad file is
+    reported by them, and stops the start; here it only keeps the state from ever falling
+    back to SQLite."""
+    if not config.file:
+        return None
+    from chainmail.store.postgres.config import load_postgres
+    try:
+        return load_postgres(os.path.dirname(os.path.abspath(config.file)))
+    except ConfigError as exc:
+        return exc
 
 
 _shared_lock = threading.Lock()

@@ -10,17 +10,15 @@ blocked by one worker process is refused by all of them, and on its next connect
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from typing import Any
 
-from chainmail.config.errors import ConfigError
 from chainmail.protocol.replies import R, Reply
 from chainmail.store.postgres.spamtrap import SpamTrapUnavailable
 from chainmail.verdict import HookResult
 
-from .greylist import SharedTable, shared_store
+from .greylist import SharedTable, handler_postgres, shared_store
 
 __all__ = ["SpamTrapHandler"]
 
@@ -61,13 +59,7 @@ class SpamTrapHandler:
         self.block_seconds = config.get_int("blockTime", 4320000) / 1000
         self.table = SharedTable(COMPONENT, MIGRATIONS)
         # conf/postgres.properties: the block list of every node (as greylisting's triplets)
-        from chainmail.store.postgres.config import load_postgres
-        self.postgres: Any = None
-        if config.file:
-            try:
-                self.postgres = load_postgres(os.path.dirname(os.path.abspath(config.file)))
-            except ConfigError as exc:
-                self.postgres = exc
+        self.postgres = handler_postgres(config)
 
     def on_rcpt(self, session, recipient):
         ip = session.remote_ip
