@@ -6,7 +6,7 @@ as a directory, whatever the scheme (``file``, ``memory``, ``cassandra`` ...): t
 (``file://var/mail/error/`` -> ``<var>/mail/error``), or absolute (``file:///srv/x``).
 When ``conf/postgres.properties`` exists, the ``postgres`` and ``cassandra`` schemes (James's
 postgres and distributed apps) are kept in that database instead, shared by every node of a
-cluster (:mod:`chainmail.store.postgres.repository`); ``file://`` stays a directory.
+cluster (:mod:`chainmail.mailet.postgres_repository`); ``file://`` stays a directory.
 
 A repository directory holds one file per mail, named by its key (sortable by time)::
 
@@ -24,18 +24,16 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chainmail.store.durable import sync_dir as _fsync_dir
 
 from .api import Mail
+from .repository_contract import MailRepository, StoredMail, envelope, mail_from_envelope, new_key
 
 if TYPE_CHECKING:
-    from chainmail.store.postgres.repository import PostgresRepositories
+    from chainmail.mailet.postgres_repository import PostgresRepositories
 
 __all__ = ["DirectoryRepository", "MailRepository", "RepositoryStore", "StoredMail",
            "POSTGRES_SCHEMES", "new_key", "envelope", "mail_from_envelope", "repository_path"]
@@ -76,85 +74,6 @@ def scheme_of(url: str) -> str:
     """The lower-cased scheme of ``url`` (``""`` without one)."""
     scheme, sep, _ = url.strip().partition("://")
     return scheme.lower() if sep else ""
-
-
-def new_key() -> str:
-    """A new mail key: milliseconds then randomness, so keys sort by storing time."""
-    return f"{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
-
-
-def envelope(mail: Mail) -> dict[str, Any]:
-    """What a repository keeps of ``mail`` besides its content."""
-    return {
-        "name": mail.name, "sender": mail.sender, "recipients": list(mail.recipients),
-        "state": mail.state, "error_message": mail.error_message,
-        "attributes": mail.attributes, "mail_params": mail.mail_params,
-        "rcpt_params": mail.rcpt_params, "stored_at": time.time(),
-        "queued_at": mail.queued_at, "error_count": mail.error_count,
-    }
-
-
-def mail_from_envelope(doc: dict[str, Any], content: bytes, key: str) -> Mail:
-    """The mail an :func:`envelope` and its content describe."""
-    return Mail(doc.get("name") or key, doc.get("sender") or "", doc.get("recipients") or (),
-                content, state=doc.get("state") or "root",
-                attributes=doc.get("attributes") or {}, error_message=doc.get("error_message"),
-                mail_params=doc.get("mail_params"), rcpt_params=doc.get("rcpt_params"),
-                queued_at=float(doc.get("queued_at") or 0),
-                error_count=int(doc.get("error_count") or 0))
-
-
-@dataclass(frozen=True)
-class StoredMail:
-    """A mail in a repository, as listed: its key and envelope, without the content."""
-
-    key: str
-    name: str
-    sender: str
-    recipients: tuple[str, ...]
-    state: str
-    error_message: str | None
-    stored_at: float
-    size: int
-    attributes: dict[str, Any]
-
-
-class MailRepository:
-    """What every repository offers, wherever it keeps its mail: a directory
-    (:class:`DirectoryRepository`) or PostgreSQL
-    (:class:`chainmail.store.postgres.repository.PostgresMailRepository`).  Every method
-    blocks."""
-
-    url: str
-    #: the directory of a directory repository; ``None`` for one kept in a database
-    path: str | None = None
-
-    def store(self, mail: Mail) -> str:
-        """Durably store ``mail`` (it survives a crash once this returns); return its key."""
-        raise NotImplementedError
-
-    def remove(self, key: str) -> bool:
-        """Delete one mail; ``False`` if it was not there."""
-        raise NotImplementedError
-
-    def keys(self) -> list[str]:
-        """The keys of the mails, oldest first."""
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def info(self, key: str) -> StoredMail:
-        """One mail's listing entry; ``KeyError`` if absent."""
-        raise NotImplementedError
-
-    def list(self) -> list[StoredMail]:
-        """Every mail's listing entry, oldest first."""
-        raise NotImplementedError
-
-    def retrieve(self, key: str) -> Mail:
-        """One mail with its content; ``KeyError`` if absent."""
-        raise NotImplementedError
 
 
 class DirectoryRepository(MailRepository):
@@ -298,7 +217,7 @@ class RepositoryStore:
             from chainmail.store.postgres.config import load_postgres
             config = load_postgres(conf)
             if config is not None:
-                from chainmail.store.postgres.repository import PostgresRepositories
+                from chainmail.mailet.postgres_repository import PostgresRepositories
                 self.postgres = PostgresRepositories(config)
 
     def _in_database(self, url: str) -> bool:
@@ -327,7 +246,7 @@ class RepositoryStore:
         """The short name of ``repo``: its path under ``<var>/mail`` (``error``), or, for a
         repository in the database, the same part of its URL."""
         if repo.path is None:
-            from chainmail.store.postgres.repository import name_of
+            from chainmail.mailet.postgres_repository import name_of
             return name_of(repo.url)
         rel = os.path.relpath(repo.path, self.mail_dir)
         return repo.path if rel.startswith("..") else rel

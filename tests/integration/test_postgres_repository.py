@@ -15,7 +15,7 @@ import pytest
 from chainmail.mailet.api import Mail
 from chainmail.mailet.repository import DirectoryRepository, RepositoryStore
 from chainmail.store.postgres.migrate import available
-from chainmail.store.postgres.repository import PostgresMailRepository, canonical_url
+from chainmail.mailet.postgres_repository import PostgresMailRepository, canonical_url
 from tests.conftest import wait_for
 from tests.integration.test_postgres_stores import _cli, _webadmin, postgres, properties
 

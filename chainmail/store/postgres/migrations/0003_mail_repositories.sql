@@ -1,6 +1,6 @@
 -- Mail repositories (error, relay-denied ...) shared by the nodes of a cluster: the
 -- postgres:// and cassandra:// repositories of mailetcontainer.xml when
--- postgres.properties exists (chainmail/store/postgres/repository.py).
+-- postgres.properties exists (chainmail/mailet/postgres_repository.py).
 -- A released migration is never edited: add the next one instead.
 
 -- One row per repository, by canonical URL (postgres://var/mail/error/); it stays when

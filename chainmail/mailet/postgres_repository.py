@@ -9,7 +9,7 @@ slashes, one ``/`` at the end, so ``cassandra://var/mail/error`` and
 without PostgreSQL.  Tables: ``mail_repositories`` (one row per repository, kept when it is
 emptied, as a directory is) and ``mail_repository_mails`` (envelope, attributes, state,
 error and the content as ``bytea``, keyed by URL and mail key); see
-``migrations/0003_mail_repositories.sql``.
+``chainmail/store/postgres/migrations/0003_mail_repositories.sql``.
 
 A store returns once its transaction is committed (``synchronous_commit`` on for it): the
 container removes the spooled mail only then.  The pool is opened on first use and let go by
@@ -23,16 +23,17 @@ import posixpath
 import threading
 from typing import Any
 
-from ...mailet.api import Mail
-from ...mailet.repository import (
+from chainmail.store.postgres.config import PostgresConfig
+from chainmail.store.postgres.pool import Database
+
+from .api import Mail
+from .repository_contract import (
     MailRepository,
     StoredMail,
     envelope,
     mail_from_envelope,
     new_key,
 )
-from .config import PostgresConfig
-from .pool import Database
 
 __all__ = ["PostgresMailRepository", "PostgresRepositories", "canonical_url", "name_of"]
 
