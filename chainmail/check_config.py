@@ -182,7 +182,7 @@ def _describe_rabbitmq(conf: str, errors: list[ConfigError],
     async def reach() -> None:
         with trio.fail_after(rabbitmq.confirm_timeout + 1):
             async with Broker.connect(rabbitmq):
-                pass
+                return   # connected: that is all this checks
     problem: str | None = None
     try:
         trio.run(reach)

@@ -4,6 +4,7 @@ keep: its own module, so that the two implementations do not import each other."
 
 from __future__ import annotations
 
+import abc
 import secrets
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class StoredMail:
     attributes: dict[str, Any]
 
 
-class MailRepository:
+class MailRepository(abc.ABC):
     """What every repository offers, wherever it keeps its mail: a directory
     (:class:`DirectoryRepository`) or PostgreSQL
     (:class:`chainmail.mailet.postgres_repository.PostgresMailRepository`).  Every method
@@ -65,29 +66,29 @@ class MailRepository:
     #: the directory of a directory repository; ``None`` for one kept in a database
     path: str | None = None
 
+    @abc.abstractmethod
     def store(self, mail: Mail) -> str:
         """Durably store ``mail`` (it survives a crash once this returns); return its key."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove(self, key: str) -> bool:
         """Delete one mail; ``False`` if it was not there."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def keys(self) -> list[str]:
         """The keys of the mails, oldest first."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.keys())
 
+    @abc.abstractmethod
     def info(self, key: str) -> StoredMail:
         """One mail's listing entry; ``KeyError`` if absent."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def list(self) -> list[StoredMail]:
         """Every mail's listing entry, oldest first."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def retrieve(self, key: str) -> Mail:
         """One mail with its content; ``KeyError`` if absent."""
-        raise NotImplementedError

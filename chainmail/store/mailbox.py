@@ -215,7 +215,7 @@ class QuotaTable(abc.ABC):
         """Every quota as stored now, by user."""
 
     def close(self) -> None:
-        pass
+        """Let go of what the table holds (nothing, unless a subclass says otherwise)."""
 
 
 class SqliteQuotas(QuotaTable):

@@ -19,6 +19,7 @@ loop: call it from a thread, never from inside a trio run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from typing import Any, Awaitable, BinaryIO, Callable, List
 
@@ -176,10 +177,9 @@ class BrokerQueue:
                     return await work(broker, taken)
                 finally:
                     with trio.CancelScope(shield=True):
-                        try:   # what was not acked goes back to its queue
+                        with contextlib.suppress(*_broker_errors()):
+                            # what was not acked goes back to its queue
                             await aio_as_trio(channel.close)()
-                        except _broker_errors():
-                            pass
         return run
 
     async def _take_all(self, broker: Broker, channel: Any, name: str) -> List[_Taken]:
